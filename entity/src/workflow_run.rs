@@ -1,0 +1,43 @@
+//! `workflow_runs`: one row per run_id, the idempotency key of a request.
+
+use sea_orm::entity::prelude::*;
+
+use crate::RunStatus;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "workflow_runs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false, column_type = "String(StringLen::N(255))")]
+    pub run_id: String,
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub workflow_definition_id: Option<Uuid>,
+    pub status: RunStatus,
+    #[sea_orm(column_type = "JsonBinary")]
+    pub input_data: Json,
+    pub triggered_by: Option<String>,
+    pub created_at: DateTime,
+    pub updated_at: DateTime,
+    pub completed_at: Option<DateTime>,
+    pub cancelled_at: Option<DateTime>,
+    pub cancelled_by: Option<String>,
+    #[sea_orm(column_type = "Text", nullable)]
+    pub error_message: Option<String>,
+    /// The output of the last step of the main chain (CONTRACT.md §3).
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub output_data: Option<Json>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::step_execution::Entity")]
+    StepExecutions,
+}
+
+impl Related<super::step_execution::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::StepExecutions.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

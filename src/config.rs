@@ -1,0 +1,478 @@
+//! Configuration: one typed [`Config`], layered and then validated.
+//!
+//! The layers, later ones winning:
+//! 1. `config/default.toml`, compiled into the binary so `runvisor` runs from any directory;
+//! 2. the file given with `--config`;
+//! 3. environment variables `RUNVISOR__<SECTION>__<KEY>` (figment lower-cases the key path, so
+//!    `RUNVISOR__EXECUTOR__MAX_CONCURRENT_RUNS=50` sets `executor.max_concurrent_runs`).
+//!
+//! Unknown keys are rejected rather than ignored: a misspelt setting that silently keeps its default
+//! is the kind of mistake an operator only finds in production. After layering, [`Config::validate`]
+//! checks every value and reports all problems at once, each as `key = value: what is allowed`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The built-in defaults; every setting appears here with a comment.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The prefix of environment variables that override settings.
+pub const ENV_PREFIX: &str = "RUNVISOR__";
+
+/// Names of the built-in agents (CONTRACT.md §5); configured agents may not shadow them.
+pub const BUILTIN_AGENTS: [&str; 4] = ["echo", "sleep", "fail", "panic"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// A value of the wrong type, an unknown key, or TOML that does not parse. Figment's message
+    /// names the key and the layer it came from.
+    #[error("invalid configuration: {0}")]
+    Parse(Box<figment::Error>),
+    #[error("invalid configuration:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub database: DatabaseConfig,
+    pub kafka: KafkaConfig,
+    pub executor: ExecutorConfig,
+    pub persistence: PersistenceConfig,
+    pub api: ApiConfig,
+    /// HTTP agents by name. They override rows of the `agents` table with the same name.
+    #[serde(default)]
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://…` or `sqlite:…`.
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, or [`KafkaConfig::EMBEDDED`] for an in-process broker.
+    pub brokers: String,
+    pub group_id: String,
+    pub requests_topic: String,
+    pub cancellations_topic: String,
+    pub monitoring_topic: String,
+    pub dlq_topic: String,
+    pub max_message_bytes: usize,
+    pub create_topics: bool,
+    pub topic_partitions: i32,
+    /// Passed to librdkafka; runvisor's own settings win where both set a property that its
+    /// guarantees depend on (offset commits), and the README lists those. Underscores in names are
+    /// read as dots, so `RUNVISOR__KAFKA__PROPERTIES__FETCH_WAIT_MAX_MS=5` sets `fetch.wait.max.ms`
+    /// (librdkafka's names have no underscores; environment variable names cannot hold dots).
+    #[serde(default, deserialize_with = "librdkafka_properties")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// Reads a table of librdkafka properties whose values may arrive typed (figment parses `5` in an
+/// environment variable as a number) and whose names may use `_` for `.`.
+fn librdkafka_properties<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (name.replace('_', "."), value)
+        })
+        .collect())
+}
+
+impl KafkaConfig {
+    pub const EMBEDDED: &'static str = "embedded";
+
+    pub fn is_embedded(&self) -> bool {
+        self.brokers == Self::EMBEDDED
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorConfig {
+    pub max_concurrent_runs: usize,
+    pub max_parallel_steps: usize,
+    pub shutdown_grace_ms: u64,
+    pub retry: RetryPolicy,
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    pub batch_max: usize,
+    pub flush_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: String,
+}
+
+/// How often and how patiently an agent call is retried (CONTRACT.md §5). The same shape is read
+/// from config and from the `agents.retry_config` column, so absent fields take the contract's
+/// defaults rather than failing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Total attempts; 0 is read as 1.
+    pub max_retries: u32,
+    pub initial_delay_ms: u64,
+    pub max_delay_ms: u64,
+    pub backoff_multiplier: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_retries: 3, initial_delay_ms: 1000, max_delay_ms: 30_000, backoff_multiplier: 2.0 }
+    }
+}
+
+impl RetryPolicy {
+    /// Attempts allowed in total, never fewer than one.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_retries.max(1)
+    }
+
+    fn problems(&self, key: &str, out: &mut Vec<String>) {
+        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
+            out.push(format!("{key}.backoff_multiplier = {}: must be a number ≥ 1.0", self.backoff_multiplier));
+        }
+        if self.max_delay_ms < self.initial_delay_ms {
+            out.push(format!(
+                "{key}.max_delay_ms = {}: must be ≥ initial_delay_ms ({})",
+                self.max_delay_ms, self.initial_delay_ms
+            ));
+        }
+    }
+}
+
+/// A per-agent circuit breaker (CONTRACT.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    pub failure_threshold: u32,
+    pub failure_rate_threshold: f64,
+    pub timeout_seconds: u64,
+    pub half_open_max_calls: u32,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self { failure_threshold: 5, failure_rate_threshold: 0.5, timeout_seconds: 60, half_open_max_calls: 3 }
+    }
+}
+
+impl CircuitBreakerConfig {
+    fn problems(&self, key: &str, out: &mut Vec<String>) {
+        if self.failure_threshold == 0 {
+            out.push(format!("{key}.failure_threshold = 0: must be ≥ 1"));
+        }
+        if !(self.failure_rate_threshold > 0.0 && self.failure_rate_threshold <= 1.0) {
+            out.push(format!("{key}.failure_rate_threshold = {}: must be in (0, 1]", self.failure_rate_threshold));
+        }
+        if self.timeout_seconds == 0 {
+            out.push(format!("{key}.timeout_seconds = 0: must be ≥ 1"));
+        }
+        if self.half_open_max_calls == 0 {
+            out.push(format!("{key}.half_open_max_calls = 0: must be ≥ 1"));
+        }
+    }
+}
+
+/// The wire protocol of an HTTP agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentProtocol {
+    /// JSON-RPC 2.0 `message/send` (A2A).
+    #[default]
+    Jsonrpc,
+    /// `{"task_id", "input"}` → `{"status", "output", "error"}`.
+    Simple,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    #[default]
+    None,
+    Bearer,
+    Apikey,
+}
+
+/// One `[agents.<name>]` entry, the same fields as a row of the `agents` table (CONTRACT.md §5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub url: String,
+    #[serde(default)]
+    pub protocol: AgentProtocol,
+    #[serde(default = "default_agent_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub auth_type: AuthType,
+    /// `{"token"}` for bearer, `{"key", "header_name"}` for apikey.
+    #[serde(default)]
+    pub auth_config: BTreeMap<String, String>,
+    /// Falls back to `executor.retry`.
+    #[serde(default)]
+    pub retry_config: Option<RetryPolicy>,
+    /// Falls back to `executor.circuit_breaker`.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
+    /// Calls to this agent in flight at once across all runs; unlimited when absent.
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+}
+
+fn default_agent_timeout_ms() -> u64 {
+    30_000
+}
+
+impl AgentConfig {
+    /// An agent at `url` with every other field at its default.
+    pub fn at_url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            protocol: AgentProtocol::default(),
+            timeout_ms: default_agent_timeout_ms(),
+            auth_type: AuthType::None,
+            auth_config: BTreeMap::new(),
+            retry_config: None,
+            circuit_breaker: None,
+            max_concurrency: None,
+        }
+    }
+
+    fn problems(&self, key: &str, out: &mut Vec<String>) {
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            out.push(format!("{key}.url = {:?}: must be an http:// or https:// URL", self.url));
+        }
+        if self.timeout_ms == 0 {
+            out.push(format!("{key}.timeout_ms = 0: must be ≥ 1"));
+        }
+        if self.max_concurrency == Some(0) {
+            out.push(format!("{key}.max_concurrency = 0: must be ≥ 1 (leave it out for no limit)"));
+        }
+        let needs = match self.auth_type {
+            AuthType::None => None,
+            AuthType::Bearer => Some(("token", "bearer")),
+            AuthType::Apikey => Some(("key", "apikey")),
+        };
+        if let Some((field, auth_type)) = needs
+            && self.auth_config.get(field).is_none_or(|v| v.is_empty())
+        {
+            out.push(format!("{key}.auth_config.{field}: required when auth_type = \"{auth_type}\""));
+        }
+        if let Some(retry) = &self.retry_config {
+            retry.problems(&format!("{key}.retry_config"), out);
+        }
+        if let Some(breaker) = &self.circuit_breaker {
+            breaker.problems(&format!("{key}.circuit_breaker"), out);
+        }
+    }
+}
+
+impl Config {
+    /// The layered sources, before extraction. `file` must exist when given.
+    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            // figment skips a missing file silently; an operator who named one meant it.
+            if !path.is_file() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Defaults → `file` → environment, validated.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(file)?)
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in defaults alone, ignoring files and environment: what tests and `runvisor run`
+    /// start from before overriding a field or two.
+    pub fn defaults() -> Config {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
+            .expect("config/default.toml is valid; tests/config.rs checks it")
+    }
+
+    /// Every problem with the values, each naming its key, the value and what is allowed.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut out = Vec::new();
+        let db = &self.database;
+        if !(db.url.starts_with("postgres://") || db.url.starts_with("postgresql://") || db.url.starts_with("sqlite:"))
+        {
+            out.push(format!("database.url = {:?}: must start with postgres://, postgresql:// or sqlite:", db.url));
+        }
+        at_least_one(&mut out, "database.max_connections", db.max_connections as u64);
+        at_least_one(&mut out, "database.connect_timeout_ms", db.connect_timeout_ms);
+
+        let kafka = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &kafka.brokers),
+            ("kafka.group_id", &kafka.group_id),
+            ("kafka.requests_topic", &kafka.requests_topic),
+            ("kafka.cancellations_topic", &kafka.cancellations_topic),
+            ("kafka.monitoring_topic", &kafka.monitoring_topic),
+            ("kafka.dlq_topic", &kafka.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                out.push(format!("{key} = {value:?}: must not be empty"));
+            }
+        }
+        if kafka.max_message_bytes < 1024 {
+            out.push(format!("kafka.max_message_bytes = {}: must be ≥ 1024", kafka.max_message_bytes));
+        }
+        if kafka.topic_partitions < 1 {
+            out.push(format!("kafka.topic_partitions = {}: must be ≥ 1", kafka.topic_partitions));
+        }
+
+        let exec = &self.executor;
+        at_least_one(&mut out, "executor.max_concurrent_runs", exec.max_concurrent_runs as u64);
+        at_least_one(&mut out, "executor.max_parallel_steps", exec.max_parallel_steps as u64);
+        exec.retry.problems("executor.retry", &mut out);
+        exec.circuit_breaker.problems("executor.circuit_breaker", &mut out);
+
+        at_least_one(&mut out, "persistence.batch_max", self.persistence.batch_max as u64);
+
+        if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
+            out.push(format!("api.listen = {:?}: must be an address like 127.0.0.1:8080", self.api.listen));
+        }
+
+        for (name, agent) in &self.agents {
+            let key = format!("agents.{name}");
+            if BUILTIN_AGENTS.contains(&name.as_str()) {
+                out.push(format!("{key}: the name {name:?} belongs to a built-in agent"));
+            }
+            agent.problems(&key, &mut out);
+        }
+
+        if out.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(out)) }
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.executor.shutdown_grace_ms)
+    }
+}
+
+fn at_least_one(out: &mut Vec<String>, key: &str, value: u64) {
+    if value == 0 {
+        out.push(format!("{key} = 0: must be ≥ 1"));
+    }
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration as TOML, for `runvisor config` and start-up logs. Secrets in
+    /// agents' auth_config are masked.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.clone();
+        for agent in shown.agents.values_mut() {
+            for value in agent.auth_config.values_mut() {
+                *value = "***".into();
+            }
+        }
+        match toml::to_string_pretty(&shown) {
+            Ok(text) => f.write_str(&text),
+            Err(_) => write!(f, "{shown:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_embedded() {
+        let config = Config::defaults();
+        assert!(config.kafka.is_embedded());
+        assert!(config.database.url.starts_with("sqlite:"));
+        assert_eq!(config.executor.retry, RetryPolicy::default());
+        assert_eq!(config.executor.circuit_breaker, CircuitBreakerConfig::default());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_value_and_rule() {
+        let mut config = Config::defaults();
+        config.executor.max_concurrent_runs = 0;
+        config.database.url = "mysql://x".into();
+        config.executor.retry.backoff_multiplier = 0.5;
+        config.agents.insert(
+            "Writer".into(),
+            AgentConfig {
+                timeout_ms: 0,
+                auth_type: AuthType::Bearer,
+                max_concurrency: Some(0),
+                ..AgentConfig::at_url("ftp://x")
+            },
+        );
+        let Err(ConfigError::Invalid(problems)) = config.validate() else { panic!("expected problems") };
+        let expected = [
+            "executor.max_concurrent_runs = 0: must be ≥ 1",
+            "database.url = \"mysql://x\": must start with postgres://, postgresql:// or sqlite:",
+            "executor.retry.backoff_multiplier = 0.5: must be a number ≥ 1.0",
+            "agents.Writer.url = \"ftp://x\": must be an http:// or https:// URL",
+            "agents.Writer.timeout_ms = 0: must be ≥ 1",
+            "agents.Writer.max_concurrency = 0: must be ≥ 1 (leave it out for no limit)",
+            "agents.Writer.auth_config.token: required when auth_type = \"bearer\"",
+        ];
+        for line in expected {
+            assert!(problems.iter().any(|p| p == line), "missing {line:?} in {problems:#?}");
+        }
+        assert_eq!(problems.len(), expected.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn builtin_names_cannot_be_configured() {
+        let mut config = Config::defaults();
+        config.agents.insert("echo".into(), AgentConfig::at_url("http://127.0.0.1:1"));
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("agents.echo: the name \"echo\" belongs to a built-in agent"), "{err}");
+    }
+
+    #[test]
+    fn display_masks_secrets() {
+        let mut config = Config::defaults();
+        config.agents.insert(
+            "A".into(),
+            AgentConfig {
+                auth_type: AuthType::Bearer,
+                auth_config: BTreeMap::from([("token".to_string(), "s3cret".to_string())]),
+                ..AgentConfig::at_url("http://127.0.0.1:1")
+            },
+        );
+        let shown = config.to_string();
+        assert!(!shown.contains("s3cret"));
+        assert!(shown.contains("max_concurrent_runs = 1000"), "{shown}");
+    }
+}

@@ -1,0 +1,63 @@
+//! Opening the database and applying the schema.
+//!
+//! At run time only the persistence actor holds a connection (DEVELOPERS.md); this module is what
+//! it, `runvisor migrate` and the tests use to get one. SQLite runs in WAL mode with a busy timeout,
+//! so the embedded database tolerates a reader (the CLI, the API) beside the writer.
+
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+use crate::config::DatabaseConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to the database at {url}: {source}")]
+    Connect { url: String, source: DbErr },
+    #[error("cannot apply the schema: {0}")]
+    Migrate(DbErr),
+}
+
+/// Opens a connection pool for `config`.
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbError> {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections)
+        .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+                .foreign_keys(true)
+        });
+    Database::connect(options).await.map_err(|source| DbError::Connect { url: redact(&config.url), source })
+}
+
+/// Creates or upgrades the schema; a no-op when it is current.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
+    Migrator::up(db, None).await.map_err(DbError::Migrate)
+}
+
+/// The URL with any password masked, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let Some((credentials, host)) = rest.split_once('@') else { return url.to_string() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(super::redact("sqlite://x.db?mode=rwc"), "sqlite://x.db?mode=rwc");
+    }
+}

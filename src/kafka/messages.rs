@@ -1,0 +1,290 @@
+//! The messages on runvisor's topics (CONTRACT.md §1, §2, §6).
+//!
+//! [`decode_request`] sorts raw bytes into three outcomes, because each is handled differently:
+//! - a [`Request`] to execute or cancel a run;
+//! - a [`Request::Rejected`]: it names a run but cannot be executed (no plan, input that is not an
+//!   object, …), so that run ends FAILED with the reason;
+//! - a [`DecodeError`]: no usable run_id at all, so the message goes to the dead-letter topic.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::plan::expr::type_name;
+
+/// The longest run_id the `workflow_runs.run_id` column holds.
+pub const MAX_RUN_ID_LEN: usize = 255;
+
+pub const EXECUTION_REQUEST: &str = "execution_request";
+pub const CANCELLATION_REQUEST: &str = "cancellation_request";
+
+/// Why a message cannot be tied to a run; such messages go to the DLQ with this as `error` header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes exceeds kafka.max_message_bytes ({max})")]
+    TooLarge { size: usize, max: usize },
+    #[error("message is not valid UTF-8 JSON: {0}")]
+    NotJson(String),
+    #[error("message must be a JSON object, found {0}")]
+    NotAnObject(&'static str),
+    #[error("message has no run_id")]
+    MissingRunId,
+    #[error("run_id {0}")]
+    BadRunId(String),
+}
+
+/// Where an execution request's plan comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanSource {
+    /// `workflow_plan`, as given (validated later, so that a bad plan fails its run with reasons).
+    Inline(Value),
+    /// `workflow_definition_id`: a row of `workflow_definitions`.
+    Definition(Uuid),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutionRequest {
+    pub run_id: String,
+    pub plan: PlanSource,
+    /// Set alongside an inline plan when the producer sent both.
+    pub workflow_definition_id: Option<Uuid>,
+    pub input_data: Map<String, Value>,
+    pub triggered_by: Option<String>,
+    pub timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationRequest {
+    pub run_id: String,
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub timestamp: Option<String>,
+}
+
+impl CancellationRequest {
+    /// The run's error message once cancelled.
+    pub fn error_message(&self) -> String {
+        format!("Cancelled: {}", self.reason.as_deref().unwrap_or("no reason given"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Execute(Box<ExecutionRequest>),
+    Cancel(CancellationRequest),
+    /// Names a run, but cannot be executed; the run ends FAILED with `reason`.
+    Rejected {
+        run_id: String,
+        reason: String,
+    },
+}
+
+impl Request {
+    pub fn run_id(&self) -> &str {
+        match self {
+            Request::Execute(r) => &r.run_id,
+            Request::Cancel(c) => &c.run_id,
+            Request::Rejected { run_id, .. } => run_id,
+        }
+    }
+}
+
+/// Decodes a message from the requests or cancellation topic.
+pub fn decode_request(bytes: &[u8], max_bytes: usize) -> Result<Request, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: max_bytes });
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    let Value::Object(mut fields) = value else { return Err(DecodeError::NotAnObject(type_name(&value))) };
+    let run_id = match fields.get("run_id") {
+        None | Some(Value::Null) => return Err(DecodeError::MissingRunId),
+        Some(Value::String(id)) if id.trim().is_empty() => return Err(DecodeError::BadRunId("is empty".into())),
+        Some(Value::String(id)) if id.chars().count() > MAX_RUN_ID_LEN => {
+            return Err(DecodeError::BadRunId(format!("is longer than {MAX_RUN_ID_LEN} characters")));
+        }
+        Some(Value::String(id)) => id.clone(),
+        Some(other) => return Err(DecodeError::BadRunId(format!("must be a string, found {}", type_name(other)))),
+    };
+    let text = |fields: &Map<String, Value>, key: &str| fields.get(key).and_then(Value::as_str).map(str::to_string);
+    let has_plan = fields.get("workflow_plan").is_some_and(|p| !p.is_null())
+        || fields.get("workflow_definition_id").is_some_and(|p| !p.is_null());
+    let message_type = text(&fields, "message_type");
+    let is_cancel = message_type.as_deref() == Some(CANCELLATION_REQUEST)
+        || (!has_plan && (fields.contains_key("cancelled_by") || fields.contains_key("reason")));
+    if is_cancel {
+        return Ok(Request::Cancel(CancellationRequest {
+            run_id,
+            cancelled_by: text(&fields, "cancelled_by"),
+            reason: text(&fields, "reason"),
+            timestamp: text(&fields, "timestamp"),
+        }));
+    }
+
+    let rejected = |reason: String| Ok(Request::Rejected { run_id: run_id.clone(), reason });
+    let definition_id = match fields.get("workflow_definition_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => match Uuid::parse_str(id) {
+            Ok(uuid) => Some(uuid),
+            Err(_) => return rejected(format!("workflow_definition_id '{id}' is not a UUID")),
+        },
+        Some(other) => return rejected(format!("workflow_definition_id must be a string, found {}", type_name(other))),
+    };
+    let plan = match (fields.remove("workflow_plan"), definition_id) {
+        (Some(plan), _) if !plan.is_null() => PlanSource::Inline(plan),
+        (_, Some(id)) => PlanSource::Definition(id),
+        _ => return rejected("the request has neither workflow_plan nor workflow_definition_id".into()),
+    };
+    let input_data = match fields.remove("input_data") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(input)) => input,
+        Some(other) => return rejected(format!("input_data must be a JSON object, found {}", type_name(&other))),
+    };
+    Ok(Request::Execute(Box::new(ExecutionRequest {
+        run_id,
+        plan,
+        workflow_definition_id: definition_id,
+        input_data,
+        triggered_by: text(&fields, "triggered_by"),
+        timestamp: text(&fields, "timestamp"),
+    })))
+}
+
+/// An execution request as producers write it (`runvisor submit`, the API, tests).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionRequestMessage {
+    pub run_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_plan: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workflow_definition_id: Option<String>,
+    pub input_data: Value,
+    pub timestamp: String,
+    pub message_type: String,
+}
+
+impl ExecutionRequestMessage {
+    pub fn inline(run_id: impl Into<String>, plan: Value, input: Value) -> Self {
+        Self {
+            run_id: run_id.into(),
+            workflow_plan: Some(plan),
+            workflow_definition_id: None,
+            input_data: input,
+            timestamp: timestamp_now(),
+            message_type: EXECUTION_REQUEST.into(),
+        }
+    }
+}
+
+/// A monitoring update (CONTRACT.md §6), published for every attempt and run transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitoringUpdate {
+    pub run_id: String,
+    /// `"workflow"` for updates about the run itself.
+    pub step_id: String,
+    /// The agent's name, or the plan's name for run updates.
+    pub step_name: String,
+    pub status: String,
+    pub timestamp: String,
+    /// `{step_execution_id, attempt, error?}` for attempts.
+    pub metadata: Value,
+}
+
+/// The step_id of monitoring updates about a whole run.
+pub const RUN_STEP_ID: &str = "workflow";
+
+/// Now, in the format the platform writes: naive ISO 8601 in UTC with microseconds.
+pub fn timestamp_now() -> String {
+    chrono::Utc::now().naive_utc().format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(value: Value) -> Result<Request, DecodeError> {
+        decode_request(value.to_string().as_bytes(), 1 << 20)
+    }
+
+    #[test]
+    fn execution_requests() {
+        let request = decode(json!({
+            "run_id": "r1", "workflow_plan": {"name": "p"}, "input_data": {"topic": "rust"},
+            "timestamp": "2026-11-27T12:00:00.123456", "message_type": "execution_request", "extra": 1
+        }))
+        .unwrap();
+        let Request::Execute(request) = request else { panic!("{request:?}") };
+        assert_eq!(request.run_id, "r1");
+        assert_eq!(request.plan, PlanSource::Inline(json!({"name": "p"})));
+        assert_eq!(Value::Object(request.input_data), json!({"topic": "rust"}));
+
+        let id = Uuid::new_v4();
+        let Request::Execute(request) =
+            decode(json!({"run_id": "r2", "workflow_definition_id": id.to_string()})).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(request.plan, PlanSource::Definition(id));
+        assert!(request.input_data.is_empty());
+    }
+
+    #[test]
+    fn cancellations_even_on_the_requests_topic() {
+        let cancel = decode(json!({"run_id": "r1", "message_type": "cancellation_request", "reason": "user"})).unwrap();
+        assert_eq!(
+            cancel,
+            Request::Cancel(CancellationRequest {
+                run_id: "r1".into(),
+                cancelled_by: None,
+                reason: Some("user".into()),
+                timestamp: None
+            })
+        );
+        let Request::Cancel(cancel) = decode(json!({"run_id": "r1", "cancelled_by": "ops"})).unwrap() else { panic!() };
+        assert_eq!(cancel.cancelled_by.as_deref(), Some("ops"));
+        assert_eq!(cancel.error_message(), "Cancelled: no reason given");
+    }
+
+    #[test]
+    fn undecodable_messages_are_for_the_dlq() {
+        assert_eq!(
+            decode_request(b"\xff\xfe", 100),
+            Err(DecodeError::NotJson("expected value at line 1 column 1".into()))
+        );
+        assert_eq!(decode(json!([1])), Err(DecodeError::NotAnObject("an array")));
+        assert_eq!(decode(json!({"workflow_plan": {}})), Err(DecodeError::MissingRunId));
+        assert_eq!(decode(json!({"run_id": ""})), Err(DecodeError::BadRunId("is empty".into())));
+        assert_eq!(decode(json!({"run_id": 7})), Err(DecodeError::BadRunId("must be a string, found a number".into())));
+        assert!(matches!(decode(json!({"run_id": "x".repeat(256)})), Err(DecodeError::BadRunId(_))));
+        assert_eq!(decode_request(&[b' '; 101], 100), Err(DecodeError::TooLarge { size: 101, max: 100 }));
+    }
+
+    #[test]
+    fn requests_that_name_a_run_but_cannot_run_fail_it() {
+        let reason = |v: Value| match decode(v).unwrap() {
+            Request::Rejected { reason, .. } => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(reason(json!({"run_id": "r"})), "the request has neither workflow_plan nor workflow_definition_id");
+        assert_eq!(
+            reason(json!({"run_id": "r", "workflow_plan": {}, "input_data": [1]})),
+            "input_data must be a JSON object, found an array"
+        );
+        assert_eq!(
+            reason(json!({"run_id": "r", "workflow_definition_id": "nope"})),
+            "workflow_definition_id 'nope' is not a UUID"
+        );
+    }
+
+    #[test]
+    fn produced_requests_decode() {
+        let message = ExecutionRequestMessage::inline("r9", json!({"name": "p"}), json!({"a": 1}));
+        let bytes = serde_json::to_vec(&message).unwrap();
+        let Request::Execute(request) = decode_request(&bytes, 1 << 20).unwrap() else { panic!() };
+        assert_eq!(request.run_id, "r9");
+        assert_eq!(request.timestamp.as_deref(), Some(message.timestamp.as_str()));
+    }
+}
