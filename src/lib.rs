@@ -26,17 +26,25 @@
 //!
 //! ## Modules
 //!
-//! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
+//! - [`actors`]: the supervisors, RunActor, StepActor, persistence actor, and run events;
+//! - [`executor`]: the tree started and wired, with a small API to submit runs;
+//! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the registry;
 //! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
 //! - [`kafka`]: the wire formats of the topics;
-//! - [`db`]: connecting to the database and applying the schema (`migration` crate).
+//! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
+//! - [`db`]: connecting to the database and applying the schema (`migration` crate);
+//! - [`report`]: run summaries for the command line.
 //!
-//! The actors, agents, Kafka ingress and HTTP API arrive with the issues that build them; the
-//! module layout above is where each will live.
+//! The Kafka ingress and the HTTP API arrive with the issues that build them, in `kafka/` and
+//! `api/`.
 
+pub mod actors;
+pub mod agents;
 pub mod config;
 pub mod db;
+pub mod executor;
 pub mod kafka;
 pub mod plan;
+pub mod report;
 
 pub use config::Config;

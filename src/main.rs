@@ -30,6 +30,15 @@ enum Command {
     },
     /// Print the effective configuration (secrets masked).
     Config,
+    /// Execute one plan to its end on the configured database (by default the embedded SQLite
+    /// file), print the run and its attempts, and exit 0 only if it COMPLETED.
+    Run {
+        /// A workflow plan in the platform's JSON format.
+        plan: PathBuf,
+        /// The run's input: a JSON object, or @FILE to read it from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +82,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Run { plan, input } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(run_plan(&config, &plan, &input))
+        }
         Command::Migrate => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -83,4 +96,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// Reads `--input`: inline JSON, or `@path`.
+fn read_input(input: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let text = match input.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
+        None => input.to_string(),
+    };
+    match serde_json::from_str(&text).context("--input is not valid JSON")? {
+        serde_json::Value::Object(map) => Ok(map),
+        other => anyhow::bail!("--input must be a JSON object, found {other}"),
+    }
+}
+
+async fn run_plan(config: &Config, path: &std::path::Path, input: &str) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let document: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let input = read_input(input)?;
+    let db = runvisor::db::connect(&config.database).await?;
+    runvisor::db::migrate(&db).await?;
+    let executor = runvisor::executor::Executor::start(config, db, Default::default()).await?;
+    let request = runvisor::actors::run::RunRequest {
+        run_id: format!("run-{}", uuid::Uuid::now_v7()),
+        plan: runvisor::kafka::messages::PlanSource::Inline(document),
+        definition_id: None,
+        input,
+        triggered_by: Some("runvisor run".into()),
+    };
+    let outcome = executor.run(request).await?;
+    let (run, steps) =
+        executor.persistence().load_run(&outcome.run_id).await?.context("the run's row is missing after it ended")?;
+    print!("{}", runvisor::report::run_report(&run, &steps));
+    executor.shutdown(config.shutdown_grace()).await;
+    Ok(if outcome.status == entity::RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -1,0 +1,13 @@
+//! The actors of the executor and how they are supervised (see the crate docs for the tree).
+//!
+//! - [`supervisor`]: the run supervisor and the persistence supervisor;
+//! - [`run`]: the RunActor, which walks one plan;
+//! - [`step`]: the StepActor, one agent call attempt;
+//! - [`persistence`]: the only writer of the database, batching writes into transactions;
+//! - [`events`]: what runs report as they progress (the source of monitoring updates).
+
+pub mod events;
+pub mod persistence;
+pub mod run;
+pub mod step;
+pub mod supervisor;

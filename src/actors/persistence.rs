@@ -1,0 +1,534 @@
+//! The persistence actor: the only code that touches the database while the executor runs.
+//!
+//! Writers do not send their writes through the actor's mailbox. They append them to a [`Journal`]
+//! shared with the actor's supervisor, then wake the actor. The actor commits the journal's head in
+//! one transaction (up to `persistence.batch_max` writes) and only then removes those writes and
+//! acknowledges them. So:
+//! - a write is acknowledged only after the transaction holding it committed;
+//! - if the actor crashes or is killed mid-batch, the batch is still at the journal's head, and the
+//!   actor its supervisor restarts commits it again; nothing queued or acknowledged is lost;
+//! - while a transaction is in flight new writes accumulate, so the next batch is larger: group
+//!   commit, which batches under load without delaying a lone write.
+//!
+//! Replaying a batch that had in fact committed is harmless because every write is idempotent and
+//! moves rows only forward: run rows are upserted only while not terminal, attempt rows are inserted
+//! if absent and finished only while RUNNING.
+//!
+//! A database error that may pass (connection lost, server restarting) keeps the batch and retries
+//! it with backoff, indefinitely. An error that cannot pass (a constraint violation) is narrowed to
+//! the write that causes it by retrying one write at a time; that write is acknowledged with the
+//! error and dropped, so one bad write cannot stall everyone else's.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use chrono::NaiveDateTime;
+use entity::{RunStatus, StepStatus, agent, step_execution, workflow_definition, workflow_run};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, RuntimeErr, Set,
+    TransactionTrait,
+};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::config::PersistenceConfig;
+
+/// A run row as the executor writes it: inserted if absent, else advanced if not yet terminal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunWrite {
+    pub run_id: String,
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub definition_id: Option<Uuid>,
+    pub input: Value,
+    pub triggered_by: Option<String>,
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub cancelled_by: Option<String>,
+    pub at: NaiveDateTime,
+}
+
+/// A new agent call attempt, RUNNING.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptStart {
+    pub id: String,
+    pub run_id: String,
+    pub step_id: String,
+    pub agent_name: String,
+    pub input: Value,
+    pub started_at: NaiveDateTime,
+    pub parent_step_id: Option<String>,
+    pub branch_name: Option<String>,
+    pub join_policy: Option<String>,
+    pub loop_iteration_index: Option<i32>,
+    pub attempt: i32,
+}
+
+/// The end of an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptEnd {
+    pub id: String,
+    pub status: StepStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub at: NaiveDateTime,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    Run(Box<RunWrite>),
+    AttemptStarted(Box<AttemptStart>),
+    AttemptEnded(Box<AttemptEnd>),
+    /// Ends every RUNNING attempt of a run: used when the actor that owned them is gone.
+    AbandonAttempts {
+        run_id: String,
+        status: StepStatus,
+        message: String,
+        at: NaiveDateTime,
+    },
+    /// Writes nothing; acknowledged once everything before it is committed.
+    Barrier,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PersistError {
+    #[error("the database rejected a write: {0}")]
+    Rejected(String),
+    #[error("the persistence actor is gone")]
+    Unavailable,
+    #[error("database read failed: {0}")]
+    Read(String),
+}
+
+/// A run with its attempts, as stored.
+pub type StoredRun = (workflow_run::Model, Vec<step_execution::Model>);
+
+/// Reads the executor needs; answered between write batches.
+#[derive(Debug)]
+pub enum ReadRequest {
+    Agents(RpcReplyPort<Result<Vec<agent::Model>, PersistError>>),
+    Definition(Uuid, RpcReplyPort<Result<Option<workflow_definition::Model>, PersistError>>),
+    Run(String, RpcReplyPort<Result<Option<StoredRun>, PersistError>>),
+}
+
+#[derive(Debug)]
+pub enum PersistMsg {
+    /// The journal has writes.
+    Wake,
+    /// A retry delay after a database error has passed.
+    RetryAfterError,
+    Read(ReadRequest),
+}
+
+struct Pending {
+    op: Arc<WriteOp>,
+    ack: Option<oneshot::Sender<Result<(), PersistError>>>,
+    queued_at: Instant,
+}
+
+/// Writes waiting to be committed. It outlives any one persistence actor.
+#[derive(Default)]
+pub struct Journal {
+    queue: Mutex<VecDeque<Pending>>,
+    /// A `Wake` is on its way to the actor; saves sending one per write under load.
+    wake_sent: AtomicBool,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal").field("len", &self.len()).finish()
+    }
+}
+
+impl Journal {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
+        self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How the rest of the executor writes and reads. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PersistenceHandle {
+    journal: Arc<Journal>,
+    /// The current persistence actor; replaced by its supervisor after a restart.
+    actor: Arc<RwLock<Option<ActorRef<PersistMsg>>>>,
+}
+
+impl PersistenceHandle {
+    pub fn new(journal: Arc<Journal>) -> Self {
+        Self { journal, actor: Arc::default() }
+    }
+
+    pub fn journal(&self) -> &Arc<Journal> {
+        &self.journal
+    }
+
+    pub(crate) fn set_actor(&self, actor: Option<ActorRef<PersistMsg>>) {
+        *self.actor.write().unwrap_or_else(|p| p.into_inner()) = actor;
+    }
+
+    pub fn actor(&self) -> Option<ActorRef<PersistMsg>> {
+        self.actor.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn enqueue(&self, op: WriteOp, ack: Option<oneshot::Sender<Result<(), PersistError>>>) {
+        self.journal.lock().push_back(Pending { op: Arc::new(op), ack, queued_at: Instant::now() });
+        if !self.journal.wake_sent.swap(true, Ordering::AcqRel)
+            && let Some(actor) = self.actor()
+        {
+            // If the actor is between crash and restart, the cast fails; the restarted actor wakes
+            // itself on start, so the write still goes out.
+            let _ = actor.cast(PersistMsg::Wake);
+        }
+    }
+
+    /// Queues a write and waits until it is committed.
+    pub async fn write(&self, op: WriteOp) -> Result<(), PersistError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(op, Some(tx));
+        rx.await.unwrap_or(Err(PersistError::Unavailable))
+    }
+
+    /// Queues a write without waiting for it.
+    pub fn write_later(&self, op: WriteOp) {
+        self.enqueue(op, None);
+    }
+
+    /// Waits until every write queued before this call is committed.
+    pub async fn flush(&self) -> Result<(), PersistError> {
+        self.write(WriteOp::Barrier).await
+    }
+
+    async fn read<T>(
+        &self,
+        request: impl FnOnce(RpcReplyPort<Result<T, PersistError>>) -> ReadRequest,
+    ) -> Result<T, PersistError>
+    where
+        T: Send + 'static,
+    {
+        let actor = self.actor().ok_or(PersistError::Unavailable)?;
+        ractor::call!(actor, |port| PersistMsg::Read(request(port))).map_err(|_| PersistError::Unavailable)?
+    }
+
+    pub async fn load_agents(&self) -> Result<Vec<agent::Model>, PersistError> {
+        self.read(ReadRequest::Agents).await
+    }
+
+    pub async fn load_definition(&self, id: Uuid) -> Result<Option<workflow_definition::Model>, PersistError> {
+        self.read(|port| ReadRequest::Definition(id, port)).await
+    }
+
+    pub async fn load_run(&self, run_id: &str) -> Result<Option<StoredRun>, PersistError> {
+        let run_id = run_id.to_string();
+        self.read(|port| ReadRequest::Run(run_id, port)).await
+    }
+}
+
+#[derive(Debug)]
+pub struct PersistenceActor;
+
+#[derive(Debug)]
+pub struct PersistenceArgs {
+    pub db: DatabaseConnection,
+    pub journal: Arc<Journal>,
+    pub config: PersistenceConfig,
+}
+
+#[derive(Debug)]
+pub struct PersistenceState {
+    args: PersistenceArgs,
+    /// Delays between retries after transient errors; `Some` while retrying.
+    backoff: Option<ExponentialBackoff>,
+    /// A retry timer is pending: ignore wakes until it fires.
+    waiting_to_retry: bool,
+    /// A flush-interval timer is pending.
+    waiting_to_fill: bool,
+    /// Commit one write at a time to find the one the database rejects.
+    isolating: bool,
+}
+
+impl Actor for PersistenceActor {
+    type Msg = PersistMsg;
+    type State = PersistenceState;
+    type Arguments = PersistenceArgs;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<PersistMsg>,
+        args: PersistenceArgs,
+    ) -> Result<PersistenceState, ActorProcessingErr> {
+        Ok(PersistenceState { args, backoff: None, waiting_to_retry: false, waiting_to_fill: false, isolating: false })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<PersistMsg>,
+        state: &mut PersistenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Writes may have queued while no actor was running (first start, or after a crash).
+        state.args.journal.wake_sent.store(true, Ordering::Release);
+        myself.cast(PersistMsg::Wake)?;
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<PersistMsg>,
+        message: PersistMsg,
+        state: &mut PersistenceState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            PersistMsg::Wake => {
+                state.args.journal.wake_sent.store(false, Ordering::Release);
+                state.waiting_to_fill = false;
+                if !state.waiting_to_retry {
+                    flush_one_batch(&myself, state).await;
+                }
+            }
+            PersistMsg::RetryAfterError => {
+                state.waiting_to_retry = false;
+                flush_one_batch(&myself, state).await;
+            }
+            PersistMsg::Read(request) => answer(&state.args.db, request).await,
+        }
+        Ok(())
+    }
+}
+
+async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceState) {
+    let journal = Arc::clone(&state.args.journal);
+    let config = &state.args.config;
+    let limit = if state.isolating { 1 } else { config.batch_max };
+    let (batch, oldest) = {
+        let queue = journal.lock();
+        let batch: Vec<Arc<WriteOp>> = queue.iter().take(limit).map(|p| Arc::clone(&p.op)).collect();
+        (batch, queue.front().map(|p| p.queued_at))
+    };
+    if batch.is_empty() {
+        return;
+    }
+    // A small batch may wait up to flush_interval_ms for company.
+    let interval = Duration::from_millis(config.flush_interval_ms);
+    if batch.len() < limit && !interval.is_zero() {
+        let age = oldest.map_or(interval, |at| at.elapsed());
+        if age < interval {
+            if !state.waiting_to_fill {
+                state.waiting_to_fill = true;
+                myself.send_after(interval - age, || PersistMsg::Wake);
+            }
+            return;
+        }
+    }
+
+    match commit(&state.args.db, &batch).await {
+        Ok(()) => {
+            state.backoff = None;
+            state.isolating = false;
+            acknowledge(&journal, batch.len(), Ok(()));
+        }
+        Err(error) if is_transient(&error) => {
+            let delay = state.backoff.get_or_insert_with(retry_delays).next().unwrap_or(Duration::from_secs(5));
+            tracing::warn!(%error, writes = journal.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; will retry");
+            state.waiting_to_retry = true;
+            myself.send_after(delay, || PersistMsg::RetryAfterError);
+            return;
+        }
+        Err(error) if batch.len() > 1 => {
+            tracing::warn!(%error, "a write in the batch was rejected; committing one at a time to find it");
+            state.isolating = true;
+        }
+        Err(error) => {
+            tracing::error!(%error, op = ?batch[0], "the database rejected a write; it is dropped and its writer told");
+            acknowledge(&journal, 1, Err(PersistError::Rejected(error.to_string())));
+        }
+    }
+    if !journal.is_empty() && !journal.wake_sent.swap(true, Ordering::AcqRel) {
+        let _ = myself.cast(PersistMsg::Wake);
+    }
+}
+
+/// Removes the first `count` writes, answering their writers.
+fn acknowledge(journal: &Journal, count: usize, result: Result<(), PersistError>) {
+    let done: Vec<Pending> = journal.lock().drain(..count).collect();
+    for pending in done {
+        if let Some(ack) = pending.ack {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+fn retry_delays() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(20))
+        .with_max_delay(Duration::from_secs(2))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+/// Whether a database error may pass if the same statements are tried again later.
+fn is_transient(error: &DbErr) -> bool {
+    let sqlx_error = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx_error.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => {
+            // SQLSTATE classes that describe the data (22) or a violated constraint (23) will not
+            // change on retry; anything else (connection 08, shutdown 57, resources 53,
+            // serialization 40, SQLite's BUSY/LOCKED) may.
+            let code = db.code().unwrap_or_default();
+            !(code.starts_with("22")
+                || code.starts_with("23")
+                || db.is_unique_violation()
+                || db.is_foreign_key_violation())
+        }
+        sea_orm::sqlx::Error::ColumnDecode { .. } | sea_orm::sqlx::Error::TypeNotFound { .. } => false,
+        _ => true,
+    }
+}
+
+async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<(), DbErr> {
+    if batch.iter().all(|op| matches!(**op, WriteOp::Barrier)) {
+        return Ok(());
+    }
+    let txn = db.begin().await?;
+    for op in batch {
+        apply(&txn, op).await?;
+    }
+    txn.commit().await
+}
+
+const TERMINAL_RUN: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
+
+async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
+    match op {
+        WriteOp::Run(run) => {
+            let terminal = run.status.is_terminal();
+            let cancelled = run.status == RunStatus::Cancelled;
+            let row = workflow_run::ActiveModel {
+                run_id: Set(run.run_id.clone()),
+                workflow_id: Set(run.workflow_id.clone()),
+                workflow_name: Set(run.workflow_name.clone()),
+                workflow_definition_id: Set(run.definition_id),
+                status: Set(run.status),
+                input_data: Set(run.input.clone()),
+                triggered_by: Set(run.triggered_by.clone()),
+                created_at: Set(run.at),
+                updated_at: Set(run.at),
+                completed_at: Set(terminal.then_some(run.at)),
+                cancelled_at: Set(cancelled.then_some(run.at)),
+                cancelled_by: Set(run.cancelled_by.clone()),
+                error_message: Set(run.error.clone()),
+                output_data: Set(run.output.clone()),
+            };
+            use workflow_run::Column as C;
+            let mut on_conflict = OnConflict::column(C::RunId);
+            on_conflict
+                .update_columns([
+                    C::Status,
+                    C::UpdatedAt,
+                    C::CompletedAt,
+                    C::CancelledAt,
+                    C::CancelledBy,
+                    C::ErrorMessage,
+                    C::OutputData,
+                ])
+                .action_and_where(Expr::col((workflow_run::Entity, C::Status)).is_not_in(TERMINAL_RUN));
+            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?;
+        }
+        WriteOp::AttemptStarted(attempt) => {
+            let row = step_execution::ActiveModel {
+                id: Set(attempt.id.clone()),
+                run_id: Set(attempt.run_id.clone()),
+                step_id: Set(attempt.step_id.clone()),
+                step_name: Set(attempt.agent_name.clone()),
+                agent_name: Set(attempt.agent_name.clone()),
+                status: Set(StepStatus::Running),
+                input_data: Set(attempt.input.clone()),
+                output_data: Set(None),
+                started_at: Set(attempt.started_at),
+                completed_at: Set(None),
+                error_message: Set(None),
+                parent_step_id: Set(attempt.parent_step_id.clone()),
+                branch_name: Set(attempt.branch_name.clone()),
+                join_policy: Set(attempt.join_policy.clone()),
+                loop_iteration_index: Set(attempt.loop_iteration_index),
+                attempt: Set(attempt.attempt),
+            };
+            step_execution::Entity::insert(row)
+                .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
+                .exec_without_returning(db)
+                .await?;
+        }
+        WriteOp::AttemptEnded(end) => {
+            use step_execution::Column as C;
+            step_execution::Entity::update_many()
+                .col_expr(C::Status, Expr::value(end.status.as_str()))
+                .col_expr(C::OutputData, Expr::value(end.output.clone()))
+                .col_expr(C::ErrorMessage, Expr::value(end.error.clone()))
+                .col_expr(C::CompletedAt, Expr::value(end.at))
+                .filter(C::Id.eq(end.id.as_str()))
+                .filter(C::Status.eq(StepStatus::Running))
+                .exec(db)
+                .await?;
+        }
+        WriteOp::AbandonAttempts { run_id, status, message, at } => {
+            use step_execution::Column as C;
+            step_execution::Entity::update_many()
+                .col_expr(C::Status, Expr::value(status.as_str()))
+                .col_expr(C::ErrorMessage, Expr::value(message.as_str()))
+                .col_expr(C::CompletedAt, Expr::value(*at))
+                .filter(C::RunId.eq(run_id.as_str()))
+                .filter(C::Status.eq(StepStatus::Running))
+                .exec(db)
+                .await?;
+        }
+        WriteOp::Barrier => {}
+    }
+    Ok(())
+}
+
+async fn answer(db: &DatabaseConnection, request: ReadRequest) {
+    let read_error = |e: DbErr| PersistError::Read(e.to_string());
+    match request {
+        ReadRequest::Agents(port) => {
+            let _ = port.send(agent::Entity::find().all(db).await.map_err(read_error));
+        }
+        ReadRequest::Definition(id, port) => {
+            let _ = port.send(workflow_definition::Entity::find_by_id(id).one(db).await.map_err(read_error));
+        }
+        ReadRequest::Run(run_id, port) => {
+            let result = async {
+                let Some(run) = workflow_run::Entity::find_by_id(run_id.as_str()).one(db).await? else {
+                    return Ok(None);
+                };
+                let steps = step_execution::Entity::find()
+                    .filter(step_execution::Column::RunId.eq(run_id.as_str()))
+                    .order_by_asc(step_execution::Column::StartedAt)
+                    .all(db)
+                    .await?;
+                Ok(Some((run, steps)))
+            }
+            .await
+            .map_err(read_error);
+            let _ = port.send(result);
+        }
+    }
+}

@@ -1,0 +1,1020 @@
+//! The RunActor: one per run. It walks the plan and spawns a StepActor per agent call attempt.
+//!
+//! The walk is an explicit tree of executions ([`Exec`]) in an arena, driven by a work queue, rather
+//! than async recursion, so that the actor's mailbox stays responsive (retry timers, branch
+//! deadlines, cancellation, StepActor exits) while any number of calls are in flight:
+//! - the root is a `Sequence` over the plan's main chain;
+//! - a compound step is an `Exec` whose children are the steps it names; loop iterations and
+//!   fork-join branches are `Sequence`s of their steps;
+//! - an `Agent` exec owns at most one StepActor at a time and counts its attempts.
+//!
+//! When an exec ends it reports to its parent, which decides what starts next. Every attempt row
+//! is committed (the persistence actor acknowledges it) before the StepActor is spawned and after
+//! it exits, and the run's terminal row is written only after all of that, so the database never
+//! shows a run finished while one of its attempts is RUNNING.
+//!
+//! Outputs: a completed step's output is visible to later steps by its id, except inside a loop
+//! iteration, whose body steps see each other only within that iteration, and inside a parallel
+//! block, whose members see only what existed before the block.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use backon::ExponentialBackoff;
+use chrono::Utc;
+use entity::{RunStatus, StepStatus};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{Map, Value, json};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use super::events::{Event, EventSink};
+use super::persistence::{AttemptEnd, AttemptStart, PersistenceHandle, RunWrite, WriteOp};
+use super::step::{StepActor, StepArgs, StepState};
+use crate::agents::{AgentHandle, AgentRegistry, CallContext, StepFailure};
+use crate::kafka::messages::PlanSource;
+use crate::plan::expr::{LoopFrame, Scope};
+use crate::plan::model::{JoinPolicy, LoopMode, OnError};
+use crate::plan::{Plan, StepKind, condition, mapping, validate};
+
+/// What the executor shares with every run.
+#[derive(Debug)]
+pub struct RunDeps {
+    pub persistence: PersistenceHandle,
+    pub registry: Arc<AgentRegistry>,
+    pub events: Arc<dyn EventSink>,
+    /// `executor.max_parallel_steps`.
+    pub step_limit: Arc<Semaphore>,
+    /// Test and chaos hook: told about every actor a run spawns.
+    pub tap: Option<tokio::sync::mpsc::UnboundedSender<Spawned>>,
+}
+
+/// An actor a run spawned, for observers that need to reach it (the chaos tests kill them).
+#[derive(Debug, Clone)]
+pub enum Spawned {
+    Run { run_id: String, actor: ActorRef<RunMsg> },
+    Step { run_id: String, step_id: String, attempt: u32, actor: ActorCell },
+}
+
+/// A run to execute, after decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    pub run_id: String,
+    pub plan: PlanSource,
+    pub definition_id: Option<Uuid>,
+    pub input: Map<String, Value>,
+    pub triggered_by: Option<String>,
+}
+
+/// How a run ended, as committed to the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunOutcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum RunMsg {
+    /// Resolve and validate the plan, record the run RUNNING, start the main chain.
+    Start,
+    /// A retry delay has passed for an agent call.
+    Retry(ExecId),
+    /// A fork-join branch has run out of time.
+    BranchTimeout(ExecId),
+    Cancel {
+        cancelled_by: Option<String>,
+        reason: Option<String>,
+    },
+}
+
+#[derive(Debug)]
+pub struct RunArgs {
+    pub request: RunRequest,
+    pub deps: Arc<RunDeps>,
+    /// Set once the terminal row is committed; the run supervisor reads it when this actor exits.
+    pub finished: Arc<OnceLock<RunOutcome>>,
+}
+
+pub type ExecId = usize;
+type ScopeId = usize;
+
+/// The failure of a step, already worded as the contract's run error:
+/// `Step '<id>' (agent: <agent_name or type>) failed: <reason>`.
+type StepResult = Result<Value, String>;
+
+fn step_failed(step_id: &str, label: &str, reason: impl std::fmt::Display) -> String {
+    format!("Step '{step_id}' (agent: {label}) failed: {reason}")
+}
+
+/// Where an exec runs: its scope and what its attempt rows record.
+#[derive(Debug, Clone, Default)]
+struct Ctx {
+    /// The loop iteration whose outputs and loop variables are visible.
+    scope: Option<ScopeId>,
+    parent_step_id: Option<String>,
+    branch_name: Option<String>,
+    join_policy: Option<&'static str>,
+    loop_index: Option<usize>,
+    /// The loop iterations and branches on the way down, to tell calls of one step apart.
+    call_path: String,
+    /// Members of enclosing parallel blocks: invisible to each other.
+    hidden: Option<Arc<HashSet<String>>>,
+}
+
+#[derive(Debug)]
+struct Exec {
+    parent: Option<ExecId>,
+    /// The plan step; for a `Sequence`, the step that owns it (or empty for the main chain).
+    step_id: String,
+    ctx: Ctx,
+    kind: ExecKind,
+    finished: bool,
+}
+
+#[derive(Debug)]
+enum ExecKind {
+    Sequence {
+        steps: Vec<String>,
+        next: usize,
+        last: Value,
+        deadline: Option<Duration>,
+    },
+    Agent(AgentCall),
+    Parallel {
+        waiting: VecDeque<String>,
+        running: usize,
+        outputs: Map<String, Value>,
+        failed: Vec<String>,
+        remaining: usize,
+    },
+    Conditional {
+        result: bool,
+        branch: Option<String>,
+    },
+    Loop(LoopRun),
+    ForkJoin(ForkJoinRun),
+    /// A step that failed before it could run (a bad reference, a condition that cannot be
+    /// evaluated).
+    FailedEarly,
+}
+
+#[derive(Debug)]
+struct AgentCall {
+    agent: AgentHandle,
+    input: Value,
+    attempt: u32,
+    delays: ExponentialBackoff,
+    /// The row of the attempt in flight.
+    row_id: String,
+    actor: Option<ActorCell>,
+}
+
+#[derive(Debug)]
+struct LoopRun {
+    items: Vec<Value>,
+    body: Vec<String>,
+    next: usize,
+    running: usize,
+    limit: usize,
+    on_error: OnError,
+    results: Vec<Value>,
+    errors: Vec<(usize, String)>,
+    halted: bool,
+    /// Iteration sequence → its index.
+    iterations: HashMap<ExecId, usize>,
+}
+
+#[derive(Debug)]
+struct ForkJoinRun {
+    policy: JoinPolicy,
+    branches: usize,
+    outcomes: BTreeMap<String, StepResult>,
+}
+
+#[derive(Debug)]
+struct IterScope {
+    parent: Option<ScopeId>,
+    frame: LoopFrame,
+    outputs: HashMap<String, Value>,
+}
+
+#[derive(Debug)]
+enum Action {
+    Start { parent: ExecId, step_id: String, ctx: Ctx },
+    Attempt(ExecId),
+    Finish(ExecId, StepResult),
+}
+
+/// The identity of the run's row, known even when the plan is not valid.
+#[derive(Debug, Clone)]
+struct RunMeta {
+    workflow_id: String,
+    workflow_name: String,
+}
+
+#[derive(Debug)]
+pub struct RunState {
+    run_id: String,
+    request: RunRequest,
+    deps: Arc<RunDeps>,
+    finished: Arc<OnceLock<RunOutcome>>,
+    meta: RunMeta,
+    input: Value,
+    plan: Option<Arc<Plan>>,
+    outputs: HashMap<String, Value>,
+    scopes: Vec<IterScope>,
+    execs: Vec<Exec>,
+    by_actor: HashMap<ActorId, ExecId>,
+    queue: VecDeque<Action>,
+    done: bool,
+}
+
+#[derive(Debug)]
+pub struct RunActor;
+
+impl Actor for RunActor {
+    type Msg = RunMsg;
+    type State = RunState;
+    type Arguments = RunArgs;
+
+    async fn pre_start(&self, myself: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
+        myself.cast(RunMsg::Start)?;
+        let meta = match &args.request.plan {
+            PlanSource::Inline(document) => {
+                let (workflow_id, name) = validate::identity(document);
+                RunMeta {
+                    workflow_name: name.unwrap_or_else(|| "unknown".into()),
+                    workflow_id: workflow_id.unwrap_or_else(|| "unknown".into()),
+                }
+            }
+            PlanSource::Definition(id) => RunMeta { workflow_id: id.to_string(), workflow_name: "unknown".into() },
+        };
+        Ok(RunState {
+            run_id: args.request.run_id.clone(),
+            input: Value::Object(args.request.input.clone()),
+            request: args.request,
+            deps: args.deps,
+            finished: args.finished,
+            meta,
+            plan: None,
+            outputs: HashMap::new(),
+            scopes: Vec::new(),
+            execs: Vec::new(),
+            by_actor: HashMap::new(),
+            queue: VecDeque::new(),
+            done: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RunMsg>,
+        message: RunMsg,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.done {
+            return Ok(());
+        }
+        match message {
+            RunMsg::Start => state.start(&myself).await?,
+            RunMsg::Retry(id) => {
+                if !state.execs[id].finished {
+                    state.queue.push_back(Action::Attempt(id));
+                }
+            }
+            RunMsg::BranchTimeout(id) => {
+                if !state.execs[id].finished {
+                    let ExecKind::Sequence { deadline, .. } = &state.execs[id].kind else { return Ok(()) };
+                    let seconds = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
+                    state.cancel_descendants(id, "branch timed out").await?;
+                    state.queue.push_back(Action::Finish(id, Err(format!("timed out after {seconds}s"))));
+                }
+            }
+            RunMsg::Cancel { cancelled_by, reason } => {
+                let reason = reason.unwrap_or_else(|| "no reason given".into());
+                if !state.execs.is_empty() {
+                    state.cancel_descendants(0, &format!("Cancelled: {reason}")).await?;
+                }
+                state.queue.clear();
+                state
+                    .conclude(&myself, RunStatus::Cancelled, None, Some(format!("Cancelled: {reason}")), cancelled_by)
+                    .await?;
+                return Ok(());
+            }
+        }
+        state.drive(&myself).await
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RunMsg>,
+        event: SupervisionEvent,
+        state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, result) = match event {
+            SupervisionEvent::ActorTerminated(cell, Some(mut exit_state), _) => {
+                let result = match exit_state.take::<StepState>() {
+                    Ok(StepState { result: Some(result), .. }) => result,
+                    _ => Err(StepFailure::Retryable("StepActor stopped without a result".into())),
+                };
+                (cell, result)
+            }
+            SupervisionEvent::ActorTerminated(cell, None, reason) => {
+                let reason = reason.unwrap_or_else(|| "stopped".into());
+                (cell, Err(StepFailure::Retryable(format!("StepActor was {reason} during the call"))))
+            }
+            SupervisionEvent::ActorFailed(cell, error) => {
+                (cell, Err(StepFailure::Retryable(format!("StepActor crashed: {error}"))))
+            }
+            _ => return Ok(()),
+        };
+        // Exits of StepActors this run already gave up on (cancelled, timed out) are ignored.
+        let Some(id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        if state.done || state.execs[id].finished {
+            return Ok(());
+        }
+        state.attempt_ended(&myself, id, result).await?;
+        state.drive(&myself).await
+    }
+}
+
+/// Expression scope at one exec.
+struct View<'a> {
+    state: &'a RunState,
+    ctx: &'a Ctx,
+}
+
+impl Scope for View<'_> {
+    fn workflow_input(&self) -> &Value {
+        &self.state.input
+    }
+
+    fn step_output(&self, step_id: &str) -> Option<&Value> {
+        let mut scope = self.ctx.scope;
+        while let Some(id) = scope {
+            let iteration = &self.state.scopes[id];
+            if let Some(output) = iteration.outputs.get(step_id) {
+                return Some(output);
+            }
+            scope = iteration.parent;
+        }
+        if self.ctx.hidden.as_ref().is_some_and(|hidden| hidden.contains(step_id)) {
+            return None;
+        }
+        self.state.outputs.get(step_id)
+    }
+
+    fn loop_frame(&self) -> Option<&LoopFrame> {
+        self.ctx.scope.map(|id| &self.state.scopes[id].frame)
+    }
+}
+
+impl RunState {
+    fn plan(&self) -> Arc<Plan> {
+        Arc::clone(self.plan.as_ref().expect("the plan is resolved before any step starts"))
+    }
+
+    fn now() -> chrono::NaiveDateTime {
+        Utc::now().naive_utc()
+    }
+
+    fn run_write(
+        &self,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        cancelled_by: Option<String>,
+    ) -> WriteOp {
+        WriteOp::Run(Box::new(RunWrite {
+            run_id: self.run_id.clone(),
+            workflow_id: self.meta.workflow_id.clone(),
+            workflow_name: self.meta.workflow_name.clone(),
+            definition_id: self.request.definition_id,
+            input: self.input.clone(),
+            triggered_by: self.request.triggered_by.clone(),
+            status,
+            output,
+            error,
+            cancelled_by,
+            at: Self::now(),
+        }))
+    }
+
+    async fn resolve_plan(&mut self) -> Result<Plan, String> {
+        let document = match &self.request.plan {
+            PlanSource::Inline(document) => document.clone(),
+            PlanSource::Definition(id) => match self.deps.persistence.load_definition(*id).await {
+                Ok(Some(definition)) => {
+                    self.meta.workflow_name = definition.name.clone();
+                    definition.workflow_data
+                }
+                Ok(None) => return Err(format!("workflow_definition_id '{id}' does not exist")),
+                Err(e) => return Err(format!("cannot load workflow definition '{id}': {e}")),
+            },
+        };
+        validate::validate(&document, self.deps.registry.as_ref()).map_err(|invalid| invalid.to_string())
+    }
+
+    async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), ActorProcessingErr> {
+        let plan = match self.resolve_plan().await {
+            Ok(plan) => plan,
+            Err(error) => return self.conclude(myself, RunStatus::Failed, None, Some(error), None).await,
+        };
+        self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
+        self.deps.persistence.write(self.run_write(RunStatus::Running, None, None, None)).await?;
+        self.emit_run(RunStatus::Running, None);
+        let main_chain = plan.main_chain.clone();
+        self.plan = Some(Arc::new(plan));
+        let root = self.add_exec(
+            None,
+            String::new(),
+            Ctx::default(),
+            ExecKind::Sequence { steps: main_chain, next: 0, last: Value::Null, deadline: None },
+        );
+        self.advance_sequence(root);
+        Ok(())
+    }
+
+    fn add_exec(&mut self, parent: Option<ExecId>, step_id: String, ctx: Ctx, kind: ExecKind) -> ExecId {
+        self.execs.push(Exec { parent, step_id, ctx, kind, finished: false });
+        self.execs.len() - 1
+    }
+
+    /// Starts the next step of a sequence, or finishes it with the last step's output.
+    fn advance_sequence(&mut self, id: ExecId) {
+        let exec = &mut self.execs[id];
+        let ExecKind::Sequence { steps, next, last, .. } = &mut exec.kind else { unreachable!("a sequence") };
+        match steps.get(*next) {
+            Some(step_id) => {
+                *next += 1;
+                let action = Action::Start { parent: id, step_id: step_id.clone(), ctx: exec.ctx.clone() };
+                self.queue.push_back(action);
+            }
+            None => {
+                let output = std::mem::take(last);
+                self.queue.push_back(Action::Finish(id, Ok(output)));
+            }
+        }
+    }
+
+    /// Works through the queue until every exec is waiting on a StepActor or a timer.
+    async fn drive(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), ActorProcessingErr> {
+        while let Some(action) = self.queue.pop_front() {
+            if self.done {
+                break;
+            }
+            // Work queued for an exec that was cancelled meanwhile (a halted loop, a timed-out
+            // branch) is dropped.
+            match action {
+                Action::Start { parent, .. } if self.execs[parent].finished => {}
+                Action::Start { parent, step_id, ctx } => self.start_step(myself, parent, step_id, ctx),
+                Action::Attempt(id) if self.execs[id].finished => {}
+                Action::Attempt(id) => self.start_attempt(myself, id).await?,
+                Action::Finish(id, result) => self.finish(myself, id, result).await?,
+            }
+        }
+        Ok(())
+    }
+
+    fn start_step(&mut self, myself: &ActorRef<RunMsg>, parent: ExecId, step_id: String, ctx: Ctx) {
+        let plan = self.plan();
+        let step = plan.step(&step_id);
+        let label = step.label().to_string();
+        let view = View { state: self, ctx: &ctx };
+        match &step.kind {
+            StepKind::Agent { agent_name } => {
+                let input = mapping::resolve_input(&step.input_mapping, &view);
+                let agent = self.deps.registry.get(agent_name).cloned();
+                let (input, agent) = match (input, agent) {
+                    (Ok(input), Some(agent)) => (input, agent),
+                    (Err(e), _) => return self.fail_at_start(parent, step_id, ctx, &label, e),
+                    (_, None) => {
+                        return self.fail_at_start(parent, step_id, ctx, &label, "agent is no longer registered");
+                    }
+                };
+                let delays = agent.retry_policy().backoff();
+                let call = AgentCall {
+                    agent,
+                    input: Value::Object(input),
+                    attempt: 0,
+                    delays,
+                    row_id: String::new(),
+                    actor: None,
+                };
+                let id = self.add_exec(Some(parent), step_id, ctx, ExecKind::Agent(call));
+                self.queue.push_back(Action::Attempt(id));
+            }
+            StepKind::Parallel { steps, max_parallelism } => {
+                let limit = max_parallelism.unwrap_or(steps.len()).max(1);
+                let hidden: HashSet<String> =
+                    ctx.hidden.iter().flat_map(|h| h.iter().cloned()).chain(steps.iter().cloned()).collect();
+                let child_ctx =
+                    Ctx { parent_step_id: Some(step_id.clone()), hidden: Some(Arc::new(hidden)), ..ctx.clone() };
+                let kind = ExecKind::Parallel {
+                    waiting: steps.iter().cloned().collect(),
+                    running: 0,
+                    outputs: Map::new(),
+                    failed: Vec::new(),
+                    remaining: steps.len(),
+                };
+                let id = self.add_exec(Some(parent), step_id, child_ctx, kind);
+                for _ in 0..limit {
+                    self.start_parallel_member(id);
+                }
+            }
+            StepKind::Conditional { expression, if_true, if_false } => {
+                let result = match condition::evaluate(expression, &view) {
+                    Ok(result) => result,
+                    Err(e) => return self.fail_at_start(parent, step_id, ctx, &label, e),
+                };
+                let branch = if result { if_true.clone() } else { if_false.clone() };
+                let child_ctx = Ctx { parent_step_id: Some(step_id.clone()), ..ctx.clone() };
+                let id = self.add_exec(
+                    Some(parent),
+                    step_id,
+                    child_ctx.clone(),
+                    ExecKind::Conditional { result, branch: branch.clone() },
+                );
+                match branch {
+                    Some(branch) => self.queue.push_back(Action::Start { parent: id, step_id: branch, ctx: child_ctx }),
+                    None => self.queue.push_back(Action::Finish(id, Ok(conditional_output(result, None, Value::Null)))),
+                }
+            }
+            StepKind::Loop(spec) => {
+                let mut items = match mapping::resolve_collection(&spec.collection, &view) {
+                    Ok(items) => items,
+                    Err(e) => return self.fail_at_start(parent, step_id, ctx, &label, e),
+                };
+                if let Some(max) = spec.max_iterations {
+                    items.truncate(max);
+                }
+                let limit = match spec.mode {
+                    LoopMode::Sequential => 1,
+                    LoopMode::Parallel => spec.max_parallelism.unwrap_or(items.len()).max(1),
+                };
+                let count = items.len();
+                let run = LoopRun {
+                    results: vec![Value::Null; count],
+                    items,
+                    body: spec.body.clone(),
+                    next: 0,
+                    running: 0,
+                    limit,
+                    on_error: spec.on_error,
+                    errors: Vec::new(),
+                    halted: false,
+                    iterations: HashMap::new(),
+                };
+                let id = self.add_exec(Some(parent), step_id, ctx, ExecKind::Loop(run));
+                if count == 0 {
+                    self.queue.push_back(Action::Finish(id, Ok(json!({"iterations": [], "total_count": 0}))));
+                } else {
+                    self.start_iterations(id);
+                }
+            }
+            StepKind::ForkJoin(spec) => {
+                let kind = ExecKind::ForkJoin(ForkJoinRun {
+                    policy: spec.policy,
+                    branches: spec.branches.len(),
+                    outcomes: BTreeMap::new(),
+                });
+                let id = self.add_exec(Some(parent), step_id.clone(), ctx.clone(), kind);
+                for branch in &spec.branches {
+                    let branch_ctx = Ctx {
+                        parent_step_id: Some(step_id.clone()),
+                        branch_name: Some(branch.name.clone()),
+                        join_policy: Some(spec.policy.as_str()),
+                        call_path: format!("{}/{step_id}:{}", ctx.call_path, branch.name),
+                        ..ctx.clone()
+                    };
+                    let deadline = branch.effective_timeout(spec);
+                    let seq = self.add_exec(
+                        Some(id),
+                        branch.name.clone(),
+                        branch_ctx,
+                        ExecKind::Sequence { steps: branch.steps.clone(), next: 0, last: Value::Null, deadline },
+                    );
+                    if let Some(deadline) = deadline {
+                        myself.send_after(deadline, move || RunMsg::BranchTimeout(seq));
+                    }
+                    self.advance_sequence(seq);
+                }
+            }
+        }
+    }
+
+    /// A step that fails before any agent call (a bad reference, a condition that cannot be
+    /// evaluated): it gets an exec so its parent hears of it the usual way.
+    fn fail_at_start(
+        &mut self,
+        parent: ExecId,
+        step_id: String,
+        ctx: Ctx,
+        label: &str,
+        reason: impl std::fmt::Display,
+    ) {
+        let message = step_failed(&step_id, label, reason);
+        let id = self.add_exec(Some(parent), step_id, ctx, ExecKind::FailedEarly);
+        self.queue.push_back(Action::Finish(id, Err(message)));
+    }
+
+    fn start_parallel_member(&mut self, id: ExecId) {
+        let exec = &mut self.execs[id];
+        let ExecKind::Parallel { waiting, running, .. } = &mut exec.kind else { unreachable!("a parallel block") };
+        if let Some(member) = waiting.pop_front() {
+            *running += 1;
+            let ctx = exec.ctx.clone();
+            self.queue.push_back(Action::Start { parent: id, step_id: member, ctx });
+        }
+    }
+
+    fn start_iterations(&mut self, id: ExecId) {
+        loop {
+            let exec = &mut self.execs[id];
+            let loop_step = exec.step_id.clone();
+            let parent_ctx = exec.ctx.clone();
+            let ExecKind::Loop(run) = &mut exec.kind else { unreachable!("a loop") };
+            if run.halted || run.running >= run.limit || run.next >= run.items.len() {
+                return;
+            }
+            let index = run.next;
+            run.next += 1;
+            run.running += 1;
+            let frame = LoopFrame { item: run.items[index].clone(), index, total: run.items.len() };
+            let body = run.body.clone();
+            self.scopes.push(IterScope { parent: parent_ctx.scope, frame, outputs: HashMap::new() });
+            let ctx = Ctx {
+                scope: Some(self.scopes.len() - 1),
+                parent_step_id: Some(loop_step.clone()),
+                loop_index: Some(index),
+                call_path: format!("{}/{loop_step}[{index}]", parent_ctx.call_path),
+                ..parent_ctx
+            };
+            let seq = self.add_exec(
+                Some(id),
+                loop_step,
+                ctx,
+                ExecKind::Sequence { steps: body, next: 0, last: Value::Null, deadline: None },
+            );
+            if let ExecKind::Loop(run) = &mut self.execs[id].kind {
+                run.iterations.insert(seq, index);
+            }
+            self.advance_sequence(seq);
+        }
+    }
+
+    async fn start_attempt(&mut self, myself: &ActorRef<RunMsg>, id: ExecId) -> Result<(), ActorProcessingErr> {
+        let exec = &mut self.execs[id];
+        let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
+        call.attempt += 1;
+        let attempt = call.attempt;
+        let step_id = exec.step_id.clone();
+        let ctx = exec.ctx.clone();
+        let key = format!("{}\n{}/{}\n{}", self.run_id, ctx.call_path, step_id, attempt);
+        let row_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()).to_string();
+        call.row_id = row_id.clone();
+        let agent = call.agent.clone();
+        let input = call.input.clone();
+
+        let row = AttemptStart {
+            id: row_id.clone(),
+            run_id: self.run_id.clone(),
+            step_id: step_id.clone(),
+            agent_name: agent.name().to_string(),
+            input: input.clone(),
+            started_at: Self::now(),
+            parent_step_id: ctx.parent_step_id.clone(),
+            branch_name: ctx.branch_name.clone(),
+            join_policy: ctx.join_policy.map(str::to_string),
+            loop_iteration_index: ctx.loop_index.map(|i| i as i32),
+            attempt: attempt as i32,
+        };
+        if let Err(e) = self.deps.persistence.write(WriteOp::AttemptStarted(Box::new(row))).await {
+            let message = step_failed(&step_id, agent.name(), format!("cannot record the attempt: {e}"));
+            self.queue.push_back(Action::Finish(id, Err(message)));
+            return Ok(());
+        }
+        self.emit_attempt(id, StepStatus::Running, None);
+
+        let idempotency_key = match ctx.loop_index {
+            Some(index) => format!("{}/{step_id}/{index}", self.run_id),
+            None => format!("{}/{step_id}", self.run_id),
+        };
+        let context = CallContext {
+            run_id: self.run_id.clone(),
+            step_id: step_id.clone(),
+            attempt,
+            idempotency_key,
+            correlation_id: row_id,
+        };
+        let args = StepArgs { agent, input, context, global_limit: Arc::clone(&self.deps.step_limit) };
+        match Actor::spawn_linked(None, StepActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                let cell = actor.get_cell();
+                self.by_actor.insert(cell.get_id(), id);
+                if let Some(tap) = &self.deps.tap {
+                    let _ =
+                        tap.send(Spawned::Step { run_id: self.run_id.clone(), step_id, attempt, actor: cell.clone() });
+                }
+                if let ExecKind::Agent(call) = &mut self.execs[id].kind {
+                    call.actor = Some(cell);
+                }
+            }
+            Err(e) => {
+                self.attempt_ended(myself, id, Err(StepFailure::Retryable(format!("cannot start a StepActor: {e}"))))
+                    .await?
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the end of an attempt; retries it, or finishes the call.
+    async fn attempt_ended(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        id: ExecId,
+        result: Result<Value, StepFailure>,
+    ) -> Result<(), ActorProcessingErr> {
+        let exec = &mut self.execs[id];
+        let step_id = exec.step_id.clone();
+        let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
+        call.actor = None;
+        let (status, output, error) = match &result {
+            Ok(output) => (StepStatus::Completed, Some(output.clone()), None),
+            Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
+        };
+        let end = AttemptEnd { id: call.row_id.clone(), status, output, error: error.clone(), at: Self::now() };
+        let attempt = call.attempt;
+        let max_attempts = call.agent.retry_policy().max_attempts();
+        let agent_name = call.agent.name().to_string();
+        let retry_in = match &result {
+            Err(failure) if failure.is_retryable() && attempt < max_attempts => call.delays.next(),
+            _ => None,
+        };
+        self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
+        self.emit_attempt(id, status, error);
+        match (result, retry_in) {
+            (Ok(output), _) => self.queue.push_back(Action::Finish(id, Ok(output))),
+            (Err(_), Some(delay)) => {
+                myself.send_after(delay, move || RunMsg::Retry(id));
+            }
+            (Err(failure), None) => {
+                let reason = if attempt > 1 {
+                    format!("{} (attempt {attempt} of {max_attempts})", failure.message())
+                } else {
+                    failure.message().to_string()
+                };
+                self.queue.push_back(Action::Finish(id, Err(step_failed(&step_id, &agent_name, reason))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        id: ExecId,
+        result: StepResult,
+    ) -> Result<(), ActorProcessingErr> {
+        let exec = &mut self.execs[id];
+        if exec.finished {
+            return Ok(());
+        }
+        exec.finished = true;
+        let records_output = !matches!(exec.kind, ExecKind::Sequence { .. });
+        let (step_id, scope, parent) = (exec.step_id.clone(), exec.ctx.scope, exec.parent);
+        if let (true, Ok(output)) = (records_output, &result) {
+            match scope {
+                Some(scope) => self.scopes[scope].outputs.insert(step_id, output.clone()),
+                None => self.outputs.insert(step_id, output.clone()),
+            };
+        }
+        match parent {
+            None => {
+                let (status, output, error) = match result {
+                    Ok(output) => (RunStatus::Completed, Some(output), None),
+                    Err(error) => (RunStatus::Failed, None, Some(error)),
+                };
+                self.conclude(myself, status, output, error, None).await
+            }
+            Some(parent) => self.child_finished(parent, id, result).await,
+        }
+    }
+
+    async fn child_finished(
+        &mut self,
+        parent: ExecId,
+        child: ExecId,
+        result: StepResult,
+    ) -> Result<(), ActorProcessingErr> {
+        /// What the parent does once it has taken the child's result in.
+        enum Then {
+            Advance,
+            Finish(StepResult),
+            StartMember,
+            StartIterations,
+            HaltLoop(StepResult),
+            Wait,
+        }
+        if self.execs[parent].finished {
+            return Ok(());
+        }
+        let child_step = self.execs[child].step_id.clone();
+        let parent_step = self.execs[parent].step_id.clone();
+        let then = match &mut self.execs[parent].kind {
+            ExecKind::Sequence { last, .. } => match result {
+                Ok(output) => {
+                    *last = output;
+                    Then::Advance
+                }
+                Err(error) => Then::Finish(Err(error)),
+            },
+            ExecKind::Parallel { running, outputs, failed, remaining, .. } => {
+                *running -= 1;
+                *remaining -= 1;
+                match result {
+                    Ok(output) => {
+                        outputs.insert(child_step, output);
+                    }
+                    Err(_) => failed.push(child_step),
+                }
+                if *remaining > 0 {
+                    Then::StartMember
+                } else if failed.is_empty() {
+                    Then::Finish(Ok(Value::Object(std::mem::take(outputs))))
+                } else {
+                    let reason =
+                        format!("Parallel execution failed: {} step(s) failed: {}", failed.len(), failed.join(", "));
+                    Then::Finish(Err(step_failed(&parent_step, "parallel", reason)))
+                }
+            }
+            ExecKind::Conditional { result: condition_result, branch } => Then::Finish(match result {
+                Ok(output) => Ok(conditional_output(*condition_result, branch.clone(), output)),
+                Err(error) => Err(step_failed(&parent_step, "conditional", error)),
+            }),
+            ExecKind::Loop(run) => {
+                let index = run.iterations[&child];
+                run.running -= 1;
+                match result {
+                    Ok(output) => run.results[index] = output,
+                    Err(error) => {
+                        run.errors.push((index, error));
+                        run.halted |= run.on_error == OnError::Stop;
+                    }
+                }
+                if run.halted {
+                    let (index, error) = &run.errors[0];
+                    Then::HaltLoop(Err(step_failed(&parent_step, "loop", format!("Iteration {index}: {error}"))))
+                } else if run.next >= run.items.len() && run.running == 0 {
+                    Then::Finish(loop_outcome(&parent_step, run))
+                } else {
+                    Then::StartIterations
+                }
+            }
+            ExecKind::ForkJoin(run) => {
+                run.outcomes.insert(child_step, result);
+                if run.outcomes.len() == run.branches {
+                    Then::Finish(fork_join_outcome(&parent_step, run))
+                } else {
+                    Then::Wait
+                }
+            }
+            ExecKind::Agent(_) | ExecKind::FailedEarly => unreachable!("these execs have no children"),
+        };
+        match then {
+            Then::Advance => self.advance_sequence(parent),
+            Then::Finish(outcome) => self.queue.push_back(Action::Finish(parent, outcome)),
+            Then::StartMember => self.start_parallel_member(parent),
+            Then::StartIterations => self.start_iterations(parent),
+            Then::HaltLoop(outcome) => {
+                self.cancel_descendants(parent, "another loop iteration failed").await?;
+                self.queue.push_back(Action::Finish(parent, outcome));
+            }
+            Then::Wait => {}
+        }
+        Ok(())
+    }
+
+    /// Ends every unfinished exec below `root`: in-flight calls are killed and their rows end
+    /// CANCELLED (committed before this returns), pending retries are dropped.
+    async fn cancel_descendants(&mut self, root: ExecId, reason: &str) -> Result<(), ActorProcessingErr> {
+        let mut below = vec![false; self.execs.len()];
+        for id in root + 1..self.execs.len() {
+            // Execs are created after their parents, so one pass in order finds every descendant.
+            below[id] = self.execs[id].parent.is_some_and(|p| p == root || below[p]);
+        }
+        for id in (root + 1..self.execs.len()).filter(|&id| below[id]) {
+            let exec = &mut self.execs[id];
+            if exec.finished {
+                continue;
+            }
+            exec.finished = true;
+            let ExecKind::Agent(call) = &mut exec.kind else { continue };
+            let Some(actor) = call.actor.take() else { continue };
+            self.by_actor.remove(&actor.get_id());
+            actor.kill();
+            let end = AttemptEnd {
+                id: call.row_id.clone(),
+                status: StepStatus::Cancelled,
+                output: None,
+                error: Some(reason.to_string()),
+                at: Self::now(),
+            };
+            self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
+            self.emit_attempt(id, StepStatus::Cancelled, Some(reason.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Commits the run's terminal row and stops the actor.
+    async fn conclude(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        cancelled_by: Option<String>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.done = true;
+        self.deps.persistence.write(self.run_write(status, output.clone(), error.clone(), cancelled_by)).await?;
+        self.emit_run(status, error.clone());
+        let _ = self.finished.set(RunOutcome { run_id: self.run_id.clone(), status, output, error });
+        myself.stop(None);
+        Ok(())
+    }
+
+    fn emit_run(&self, status: RunStatus, error: Option<String>) {
+        self.deps.events.emit(Event::Run {
+            run_id: self.run_id.clone(),
+            workflow_name: self.meta.workflow_name.clone(),
+            status,
+            error,
+        });
+    }
+
+    fn emit_attempt(&self, id: ExecId, status: StepStatus, error: Option<String>) {
+        let exec = &self.execs[id];
+        let ExecKind::Agent(call) = &exec.kind else { return };
+        self.deps.events.emit(Event::Attempt {
+            run_id: self.run_id.clone(),
+            step_id: exec.step_id.clone(),
+            agent_name: call.agent.name().to_string(),
+            step_execution_id: call.row_id.clone(),
+            attempt: call.attempt,
+            status,
+            error,
+        });
+    }
+}
+
+fn conditional_output(result: bool, branch: Option<String>, output: Value) -> Value {
+    let taken = branch.is_some();
+    json!({
+        "condition_result": result,
+        "branch_taken": if result { "then" } else { "else" },
+        "branch_step_id": branch,
+        "branch_output": if taken { output } else { Value::Null },
+    })
+}
+
+fn loop_outcome(step_id: &str, run: &mut LoopRun) -> StepResult {
+    run.errors.sort_by_key(|(index, _)| *index);
+    let total = run.items.len();
+    match run.on_error {
+        OnError::Collect if !run.errors.is_empty() => {
+            let listed: Vec<String> = run.errors.iter().map(|(i, e)| format!("Iteration {i}: {e}")).collect();
+            let reason = format!("Loop completed with {} errors: {}", run.errors.len(), listed.join("; "));
+            Err(step_failed(step_id, "loop", reason))
+        }
+        OnError::Continue => Ok(json!({
+            "iterations": std::mem::take(&mut run.results),
+            "total_count": total,
+            "failed_count": run.errors.len(),
+        })),
+        _ => Ok(json!({"iterations": std::mem::take(&mut run.results), "total_count": total})),
+    }
+}
+
+fn fork_join_outcome(step_id: &str, run: &mut ForkJoinRun) -> StepResult {
+    let succeeded = run.outcomes.values().filter(|o| o.is_ok()).count();
+    if run.policy.is_met(succeeded, run.branches) {
+        let outputs: Map<String, Value> = run
+            .outcomes
+            .iter_mut()
+            .map(|(name, o)| (name.clone(), o.as_mut().map(std::mem::take).unwrap_or(Value::Null)))
+            .collect();
+        return Ok(Value::Object(outputs));
+    }
+    let failures: Vec<String> =
+        run.outcomes.iter().filter_map(|(name, o)| o.as_ref().err().map(|e| format!("{name}: {e}"))).collect();
+    let reason = format!(
+        "Fork-join failed: {succeeded} of {} branches succeeded (policy: {}). Failed: {}",
+        run.branches,
+        run.policy.as_str().to_uppercase(),
+        failures.join("; ")
+    );
+    Err(step_failed(step_id, "fork_join", reason))
+}

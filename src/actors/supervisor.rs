@@ -1,0 +1,254 @@
+//! The supervisors: what happens when an actor below them stops or crashes.
+//!
+//! - [`RunSupervisor`] owns one RunActor per run. A RunActor that stops after committing its
+//!   terminal row is done; one that panics or is killed before that has its run ended FAILED here,
+//!   with its RUNNING attempts, and with a message saying so (CONTRACT.md §7.3).
+//! - [`PersistenceSupervisor`] owns the persistence actor and restarts it whenever it stops
+//!   unexpectedly. The journal of writes lives outside the actor, so the new one carries on where
+//!   the old one stopped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use entity::{RunStatus, StepStatus};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use sea_orm::DatabaseConnection;
+use tokio::sync::oneshot;
+
+use super::events::Event;
+use super::persistence::{PersistenceActor, PersistenceArgs, PersistenceHandle, RunWrite, WriteOp};
+use super::run::{RunActor, RunArgs, RunDeps, RunMsg, RunOutcome, RunRequest, Spawned};
+use crate::config::PersistenceConfig;
+use crate::kafka::messages::PlanSource;
+use crate::plan::validate;
+
+#[derive(Debug)]
+pub enum SupervisorMsg {
+    /// Execute a run; `on_done` hears its outcome once it is committed. A run_id already executing
+    /// here is not started twice: the caller just waits for the running one.
+    StartRun {
+        request: RunRequest,
+        on_done: Option<oneshot::Sender<RunOutcome>>,
+    },
+    Cancel {
+        run_id: String,
+        cancelled_by: Option<String>,
+        reason: Option<String>,
+    },
+    /// How many runs are in flight.
+    ActiveRuns(RpcReplyPort<usize>),
+}
+
+#[derive(Debug)]
+struct ActiveRun {
+    actor: ActorRef<RunMsg>,
+    request: RunRequest,
+    finished: Arc<OnceLock<RunOutcome>>,
+    waiting: Vec<oneshot::Sender<RunOutcome>>,
+}
+
+#[derive(Debug)]
+pub struct RunSupervisor;
+
+#[derive(Debug)]
+pub struct RunSupervisorState {
+    deps: Arc<RunDeps>,
+    runs: HashMap<String, ActiveRun>,
+    by_actor: HashMap<ActorId, String>,
+}
+
+impl Actor for RunSupervisor {
+    type Msg = SupervisorMsg;
+    type State = RunSupervisorState;
+    type Arguments = Arc<RunDeps>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        deps: Arc<RunDeps>,
+    ) -> Result<RunSupervisorState, ActorProcessingErr> {
+        Ok(RunSupervisorState { deps, runs: HashMap::new(), by_actor: HashMap::new() })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut RunSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::StartRun { request, on_done } => {
+                if let Some(active) = state.runs.get_mut(&request.run_id) {
+                    tracing::debug!(run_id = %request.run_id, "run already executing here; not started twice");
+                    active.waiting.extend(on_done);
+                    return Ok(());
+                }
+                let finished = Arc::new(OnceLock::new());
+                let args = RunArgs {
+                    request: request.clone(),
+                    deps: Arc::clone(&state.deps),
+                    finished: Arc::clone(&finished),
+                };
+                let (actor, _) = Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await?;
+                if let Some(tap) = &state.deps.tap {
+                    let _ = tap.send(Spawned::Run { run_id: request.run_id.clone(), actor: actor.clone() });
+                }
+                state.by_actor.insert(actor.get_id(), request.run_id.clone());
+                let run_id = request.run_id.clone();
+                state
+                    .runs
+                    .insert(run_id, ActiveRun { actor, request, finished, waiting: on_done.into_iter().collect() });
+            }
+            SupervisorMsg::Cancel { run_id, cancelled_by, reason } => {
+                if let Some(active) = state.runs.get(&run_id) {
+                    let _ = active.actor.cast(RunMsg::Cancel { cancelled_by, reason });
+                }
+            }
+            SupervisorMsg::ActiveRuns(port) => {
+                let _ = port.send(state.runs.len());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut RunSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, crash) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, reason.map(|r| format!("RunActor was {r}"))),
+            SupervisionEvent::ActorFailed(cell, error) => (cell, Some(format!("RunActor crashed: {error}"))),
+            _ => return Ok(()),
+        };
+        let Some(run_id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        let Some(run) = state.runs.remove(&run_id) else { return Ok(()) };
+        if let Some(outcome) = run.finished.get() {
+            for waiter in run.waiting {
+                let _ = waiter.send(outcome.clone());
+            }
+            return Ok(());
+        }
+        // The RunActor ended before committing a terminal status: the run fails here, after its
+        // RUNNING attempts, so the database never shows a run ended with attempts still running.
+        let message = crash.unwrap_or_else(|| "RunActor stopped before the run ended".into());
+        tracing::error!(%run_id, %message, "run failed because its actor did not finish it");
+        let persistence = state.deps.persistence.clone();
+        let events = Arc::clone(&state.deps.events);
+        let now = chrono::Utc::now().naive_utc();
+        let (workflow_id, workflow_name) = match &run.request.plan {
+            PlanSource::Inline(document) => validate::identity(document),
+            PlanSource::Definition(id) => (Some(id.to_string()), None),
+        };
+        let abandon = WriteOp::AbandonAttempts {
+            run_id: run_id.clone(),
+            status: StepStatus::Failed,
+            message: message.clone(),
+            at: now,
+        };
+        let fail = WriteOp::Run(Box::new(RunWrite {
+            run_id: run_id.clone(),
+            workflow_id: workflow_id.unwrap_or_else(|| "unknown".into()),
+            workflow_name: workflow_name.clone().unwrap_or_else(|| "unknown".into()),
+            definition_id: run.request.definition_id,
+            input: serde_json::Value::Object(run.request.input.clone()),
+            triggered_by: run.request.triggered_by.clone(),
+            status: RunStatus::Failed,
+            output: None,
+            error: Some(message.clone()),
+            cancelled_by: None,
+            at: now,
+        }));
+        // Not awaited here: the supervisor keeps serving other runs while the writes commit.
+        persistence.write_later(abandon);
+        tokio::spawn(async move {
+            let committed = persistence.write(fail).await;
+            if let Err(error) = committed {
+                tracing::error!(%run_id, %error, "could not record the failure of a crashed run");
+            }
+            events.emit(Event::Run {
+                run_id: run_id.clone(),
+                workflow_name: workflow_name.unwrap_or_default(),
+                status: RunStatus::Failed,
+                error: Some(message.clone()),
+            });
+            let outcome = RunOutcome { run_id, status: RunStatus::Failed, output: None, error: Some(message) };
+            for waiter in run.waiting {
+                let _ = waiter.send(outcome.clone());
+            }
+        });
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct PersistenceSupervisor;
+
+#[derive(Debug)]
+pub struct PersistenceSupervisorArgs {
+    pub db: DatabaseConnection,
+    pub handle: PersistenceHandle,
+    pub config: PersistenceConfig,
+}
+
+#[derive(Debug)]
+pub struct PersistenceSupervisorState {
+    args: PersistenceSupervisorArgs,
+    restarts: u64,
+}
+
+impl PersistenceSupervisor {
+    async fn spawn_writer(myself: &ActorRef<()>, state: &PersistenceSupervisorState) -> Result<(), ActorProcessingErr> {
+        let args = PersistenceArgs {
+            db: state.args.db.clone(),
+            journal: Arc::clone(state.args.handle.journal()),
+            config: state.args.config.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, PersistenceActor, args, myself.get_cell()).await?;
+        state.args.handle.set_actor(Some(actor));
+        Ok(())
+    }
+}
+
+impl Actor for PersistenceSupervisor {
+    type Msg = ();
+    type State = PersistenceSupervisorState;
+    type Arguments = PersistenceSupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<()>,
+        args: PersistenceSupervisorArgs,
+    ) -> Result<PersistenceSupervisorState, ActorProcessingErr> {
+        let state = PersistenceSupervisorState { args, restarts: 0 };
+        Self::spawn_writer(&myself, &state).await?;
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<()>,
+        event: SupervisionEvent,
+        state: &mut PersistenceSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let why = match event {
+            SupervisionEvent::ActorTerminated(_, _, reason) => reason.unwrap_or_else(|| "stopped".into()),
+            SupervisionEvent::ActorFailed(_, error) => format!("crashed: {error}"),
+            _ => return Ok(()),
+        };
+        state.restarts += 1;
+        state.args.handle.set_actor(None);
+        tracing::warn!(reason = %why, restarts = state.restarts, pending = state.args.handle.journal().len(), "persistence actor stopped; restarting it");
+        Self::spawn_writer(&myself, state).await
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<()>,
+        state: &mut PersistenceSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.args.handle.set_actor(None);
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The executor: the supervision tree started and wired, with a small API to feed it runs.
+//!
+//! [`Executor::start`] starts the persistence supervisor (and through it the persistence actor),
+//! loads the agent registry through it, then starts the run supervisor. `runvisor run`, the Kafka
+//! ingress and the tests all drive runs through this one type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use sea_orm::DatabaseConnection;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::actors::events::EventSink;
+use crate::actors::persistence::{Journal, PersistError, PersistenceHandle};
+use crate::actors::run::{RunDeps, RunOutcome, RunRequest, Spawned};
+use crate::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs, RunSupervisor, SupervisorMsg};
+use crate::agents::AgentRegistry;
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("cannot start an actor: {0}")]
+    Spawn(#[from] ractor::SpawnErr),
+    #[error("cannot load the agents table: {0}")]
+    Agents(PersistError),
+    #[error("the executor has stopped")]
+    Stopped,
+}
+
+/// Optional wiring for observers.
+#[derive(Debug, Default)]
+pub struct ExecutorOptions {
+    /// Receives every event (monitoring updates are made from them).
+    pub events: Option<Arc<dyn EventSink>>,
+    /// Receives every RunActor and StepActor spawned (chaos tests kill them).
+    pub tap: Option<mpsc::UnboundedSender<Spawned>>,
+}
+
+#[derive(Debug)]
+pub struct Executor {
+    persistence: PersistenceHandle,
+    persistence_supervisor: ActorRef<()>,
+    runs: ActorRef<SupervisorMsg>,
+    registry: Arc<AgentRegistry>,
+}
+
+impl Executor {
+    /// Starts the supervision tree on an already migrated database.
+    pub async fn start(
+        config: &Config,
+        db: DatabaseConnection,
+        options: ExecutorOptions,
+    ) -> Result<Executor, ExecutorError> {
+        let persistence = PersistenceHandle::new(Arc::new(Journal::default()));
+        let (persistence_supervisor, _) = Actor::spawn(
+            None,
+            PersistenceSupervisor,
+            PersistenceSupervisorArgs { db, handle: persistence.clone(), config: config.persistence.clone() },
+        )
+        .await?;
+        let rows = persistence.load_agents().await.map_err(ExecutorError::Agents)?;
+        let registry = Arc::new(AgentRegistry::new(config, &rows));
+        let deps = Arc::new(RunDeps {
+            persistence: persistence.clone(),
+            registry: Arc::clone(&registry),
+            events: options.events.unwrap_or_else(|| Arc::new(crate::actors::events::NoEvents)),
+            step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
+            tap: options.tap,
+        });
+        let (runs, _) = Actor::spawn(None, RunSupervisor, deps).await?;
+        Ok(Executor { persistence, persistence_supervisor, runs, registry })
+    }
+
+    pub fn registry(&self) -> &Arc<AgentRegistry> {
+        &self.registry
+    }
+
+    pub fn persistence(&self) -> &PersistenceHandle {
+        &self.persistence
+    }
+
+    pub fn persistence_supervisor(&self) -> &ActorRef<()> {
+        &self.persistence_supervisor
+    }
+
+    /// Starts a run; the receiver yields its outcome once committed.
+    pub fn submit(&self, request: RunRequest) -> Result<oneshot::Receiver<RunOutcome>, ExecutorError> {
+        let (tx, rx) = oneshot::channel();
+        self.runs.cast(SupervisorMsg::StartRun { request, on_done: Some(tx) }).map_err(|_| ExecutorError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Runs one request to its end.
+    pub async fn run(&self, request: RunRequest) -> Result<RunOutcome, ExecutorError> {
+        self.submit(request)?.await.map_err(|_| ExecutorError::Stopped)
+    }
+
+    pub fn cancel(
+        &self,
+        run_id: &str,
+        cancelled_by: Option<String>,
+        reason: Option<String>,
+    ) -> Result<(), ExecutorError> {
+        self.runs
+            .cast(SupervisorMsg::Cancel { run_id: run_id.to_string(), cancelled_by, reason })
+            .map_err(|_| ExecutorError::Stopped)
+    }
+
+    pub async fn active_runs(&self) -> Result<usize, ExecutorError> {
+        ractor::call!(self.runs, SupervisorMsg::ActiveRuns).map_err(|_| ExecutorError::Stopped)
+    }
+
+    /// Stops the tree after every queued write has committed (or `grace` has passed).
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.runs.stop_and_wait(None, Some(grace)).await;
+        if tokio::time::timeout(grace, self.persistence.flush()).await.is_err() {
+            tracing::warn!(
+                pending = self.persistence.journal().len(),
+                "shutdown: writes still queued after the grace period"
+            );
+        }
+        let _ = self.persistence_supervisor.stop_and_wait(None, Some(grace)).await;
+    }
+}
