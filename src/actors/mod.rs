@@ -11,3 +11,6 @@ pub mod persistence;
 pub mod run;
 pub mod step;
 pub mod supervisor;
+
+#[cfg(test)]
+pub(crate) mod testing;

@@ -20,7 +20,7 @@
 //! error and dropped, so one bad write cannot stall everyone else's.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -139,6 +139,9 @@ pub struct Journal {
     queue: Mutex<VecDeque<Pending>>,
     /// A `Wake` is on its way to the actor; saves sending one per write under load.
     wake_sent: AtomicBool,
+    /// Transactions committed and writes they held: the batching the benchmarks report.
+    transactions: AtomicU64,
+    committed: AtomicU64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -159,6 +162,18 @@ impl Journal {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// (transactions committed, writes committed) so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.transactions.load(Ordering::Relaxed), self.committed.load(Ordering::Relaxed))
+    }
+
+    /// Takes every queued write at once, for the in-memory store of unit tests.
+    #[cfg(test)]
+    pub(crate) fn take_all_for_test(&self) -> Vec<(Arc<WriteOp>, Option<oneshot::Sender<Result<(), PersistError>>>)> {
+        self.wake_sent.store(false, Ordering::Release);
+        self.lock().drain(..).map(|p| (p.op, p.ack)).collect()
+    }
 }
 
 /// How the rest of the executor writes and reads. Cheap to clone.
@@ -167,11 +182,13 @@ pub struct PersistenceHandle {
     journal: Arc<Journal>,
     /// The current persistence actor; replaced by its supervisor after a restart.
     actor: Arc<RwLock<Option<ActorRef<PersistMsg>>>>,
+    /// Counts the actors installed so far, so observers can wait for a restart.
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl PersistenceHandle {
     pub fn new(journal: Arc<Journal>) -> Self {
-        Self { journal, actor: Arc::default() }
+        Self { journal, actor: Arc::default(), generation: Arc::new(tokio::sync::watch::Sender::new(0)) }
     }
 
     pub fn journal(&self) -> &Arc<Journal> {
@@ -179,7 +196,16 @@ impl PersistenceHandle {
     }
 
     pub(crate) fn set_actor(&self, actor: Option<ActorRef<PersistMsg>>) {
+        let installed = actor.is_some();
         *self.actor.write().unwrap_or_else(|p| p.into_inner()) = actor;
+        if installed {
+            self.generation.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// Changes each time a (re)started persistence actor takes over.
+    pub fn generations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.generation.subscribe()
     }
 
     pub fn actor(&self) -> Option<ActorRef<PersistMsg>> {
@@ -339,6 +365,8 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
         Ok(()) => {
             state.backoff = None;
             state.isolating = false;
+            journal.transactions.fetch_add(1, Ordering::Relaxed);
+            journal.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
             acknowledge(&journal, batch.len(), Ok(()));
         }
         Err(error) if is_transient(&error) => {
@@ -530,5 +558,144 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
             .map_err(read_error);
             let _ = port.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs};
+    use crate::config::DatabaseConfig;
+    use serde_json::json;
+
+    async fn sqlite() -> (DatabaseConnection, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+        let db =
+            crate::db::connect(&DatabaseConfig { url, max_connections: 2, connect_timeout_ms: 5000 }).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
+        (db, dir)
+    }
+
+    async fn start(db: DatabaseConnection, batch_max: usize) -> (PersistenceHandle, ActorRef<()>) {
+        let handle = PersistenceHandle::new(Arc::new(Journal::default()));
+        let config = PersistenceConfig { batch_max, flush_interval_ms: 0 };
+        let args = PersistenceSupervisorArgs { db, handle: handle.clone(), config };
+        let (supervisor, _) = Actor::spawn(None, PersistenceSupervisor, args).await.unwrap();
+        (handle, supervisor)
+    }
+
+    fn run(run_id: &str, status: RunStatus) -> WriteOp {
+        WriteOp::Run(Box::new(RunWrite {
+            run_id: run_id.into(),
+            workflow_id: "wf".into(),
+            workflow_name: "p".into(),
+            definition_id: None,
+            input: json!({}),
+            triggered_by: None,
+            status,
+            output: status.is_terminal().then(|| json!({"done": true})),
+            error: None,
+            cancelled_by: None,
+            at: chrono::Utc::now().naive_utc(),
+        }))
+    }
+
+    fn attempt(run_id: &str, id: &str) -> WriteOp {
+        WriteOp::AttemptStarted(Box::new(AttemptStart {
+            id: id.into(),
+            run_id: run_id.into(),
+            step_id: "s".into(),
+            agent_name: "echo".into(),
+            input: json!({"x": 1}),
+            started_at: chrono::Utc::now().naive_utc(),
+            parent_step_id: None,
+            branch_name: None,
+            join_policy: None,
+            loop_iteration_index: None,
+            attempt: 1,
+        }))
+    }
+
+    fn end(id: &str, status: StepStatus) -> WriteOp {
+        WriteOp::AttemptEnded(Box::new(AttemptEnd {
+            id: id.into(),
+            status,
+            output: None,
+            error: None,
+            at: chrono::Utc::now().naive_utc(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn acknowledged_writes_are_committed_and_rows_only_move_forward() {
+        let (db, _dir) = sqlite().await;
+        let (handle, supervisor) = start(db, 64).await;
+        handle.write(run("r1", RunStatus::Running)).await.unwrap();
+        handle.write(attempt("r1", "a1")).await.unwrap();
+        handle.write(end("a1", StepStatus::Completed)).await.unwrap();
+        handle.write(run("r1", RunStatus::Completed)).await.unwrap();
+        // Replays and late writes change nothing.
+        handle.write(run("r1", RunStatus::Running)).await.unwrap();
+        handle.write(attempt("r1", "a1")).await.unwrap();
+        handle.write(end("a1", StepStatus::Failed)).await.unwrap();
+        let (stored, steps) = handle.load_run("r1").await.unwrap().unwrap();
+        assert_eq!(stored.status, RunStatus::Completed);
+        assert_eq!(stored.output_data, Some(json!({"done": true})));
+        assert!(stored.completed_at.is_some());
+        assert_eq!(steps.len(), 1);
+        assert_eq!(steps[0].status, StepStatus::Completed);
+        supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn writes_that_arrive_together_share_transactions() {
+        let (db, _dir) = sqlite().await;
+        let (handle, supervisor) = start(db, 64).await;
+        for i in 0..500 {
+            handle.write_later(run(&format!("r{i}"), RunStatus::Running));
+        }
+        handle.flush().await.unwrap();
+        let (transactions, writes) = handle.journal().stats();
+        assert_eq!(writes, 501);
+        assert!(transactions <= 501 / 64 + 2, "{transactions} transactions for 501 writes");
+        supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_write_is_reported_to_its_writer_and_the_rest_commit() {
+        let (db, _dir) = sqlite().await;
+        let (handle, supervisor) = start(db, 64).await;
+        handle.write_later(run("r1", RunStatus::Running));
+        let orphan = handle.write(attempt("no-such-run", "x"));
+        let good = handle.write(attempt("r1", "a1"));
+        let (orphan, good) = tokio::join!(orphan, good);
+        assert!(matches!(orphan, Err(PersistError::Rejected(_))), "{orphan:?}");
+        good.unwrap();
+        assert_eq!(handle.load_run("r1").await.unwrap().unwrap().1.len(), 1);
+        supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn killing_the_writer_mid_batch_loses_nothing() {
+        let (db, _dir) = sqlite().await;
+        let (handle, supervisor) = start(db, 16).await;
+        let mut generations = handle.generations();
+        for i in 0..400 {
+            handle.write_later(run(&format!("r{i}"), RunStatus::Running));
+        }
+        // Kill the writer whenever it has work, five times, each time waiting for its replacement.
+        let mut kills = 0;
+        while kills < 5 && !handle.journal().is_empty() {
+            handle.actor().expect("a writer is installed").kill();
+            generations.changed().await.unwrap();
+            kills += 1;
+        }
+        handle.flush().await.expect("everything queued commits");
+        for i in 0..400 {
+            assert!(handle.load_run(&format!("r{i}")).await.unwrap().is_some(), "r{i} lost");
+        }
+        assert!(kills >= 1);
+        supervisor.stop(None);
     }
 }

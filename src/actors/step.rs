@@ -55,3 +55,84 @@ impl Actor for StepActor {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agents::AgentRegistry;
+    use crate::config::Config;
+    use ractor::SupervisionEvent;
+    use serde_json::json;
+    use tokio::sync::mpsc;
+
+    /// A parent that forwards the exit events of its children.
+    struct Parent(mpsc::UnboundedSender<SupervisionEvent>);
+
+    impl Actor for Parent {
+        type Msg = ();
+        type State = ();
+        type Arguments = ();
+
+        async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
+            Ok(())
+        }
+
+        async fn handle_supervisor_evt(
+            &self,
+            _: ActorRef<()>,
+            event: SupervisionEvent,
+            _: &mut (),
+        ) -> Result<(), ActorProcessingErr> {
+            let _ = self.0.send(event);
+            Ok(())
+        }
+    }
+
+    async fn exit_of(agent: &str, input: serde_json::Value, kill: bool) -> SupervisionEvent {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (parent, _) = Actor::spawn(None, Parent(tx), ()).await.unwrap();
+        let registry = AgentRegistry::new(&Config::defaults(), &[]);
+        let args = StepArgs {
+            agent: registry.get(agent).unwrap().clone(),
+            input,
+            context: CallContext {
+                run_id: "r".into(),
+                step_id: "s".into(),
+                attempt: 1,
+                idempotency_key: "r/s".into(),
+                correlation_id: "c".into(),
+            },
+            global_limit: Arc::new(Semaphore::new(1)),
+        };
+        let (step, _) = Actor::spawn_linked(None, StepActor, args, parent.get_cell()).await.unwrap();
+        if kill {
+            step.kill();
+        }
+        loop {
+            let event = rx.recv().await.unwrap();
+            if !matches!(event, SupervisionEvent::ActorStarted(_)) {
+                parent.stop(None);
+                return event;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_result_travels_in_the_exit_event() {
+        let SupervisionEvent::ActorTerminated(_, Some(mut state), _) = exit_of("echo", json!({"a": 1}), false).await
+        else {
+            panic!("a clean exit with state")
+        };
+        let state = state.take::<StepState>().unwrap();
+        assert_eq!(state.result, Some(Ok(json!({"a": 1}))));
+    }
+
+    #[tokio::test]
+    async fn a_panic_arrives_as_actor_failed_and_a_kill_without_state() {
+        let event = exit_of("panic", json!({"message": "boom"}), false).await;
+        let SupervisionEvent::ActorFailed(_, error) = event else { panic!("{event:?}") };
+        assert!(error.to_string().contains("boom"));
+        let event = exit_of("sleep", json!({"ms": 60_000}), true).await;
+        assert!(matches!(event, SupervisionEvent::ActorTerminated(_, None, Some(ref r)) if r == "killed"), "{event:?}");
+    }
+}
