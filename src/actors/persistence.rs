@@ -127,9 +127,12 @@ pub enum PersistMsg {
     Read(ReadRequest),
 }
 
+/// Told once a write is committed (or rejected).
+type Ack = oneshot::Sender<Result<(), PersistError>>;
+
 struct Pending {
     op: Arc<WriteOp>,
-    ack: Option<oneshot::Sender<Result<(), PersistError>>>,
+    ack: Option<Ack>,
     queued_at: Instant,
 }
 
@@ -170,7 +173,7 @@ impl Journal {
 
     /// Takes every queued write at once, for the in-memory store of unit tests.
     #[cfg(test)]
-    pub(crate) fn take_all_for_test(&self) -> Vec<(Arc<WriteOp>, Option<oneshot::Sender<Result<(), PersistError>>>)> {
+    pub(crate) fn take_all_for_test(&self) -> Vec<(Arc<WriteOp>, Option<Ack>)> {
         self.wake_sent.store(false, Ordering::Release);
         self.lock().drain(..).map(|p| (p.op, p.ack)).collect()
     }
@@ -212,7 +215,7 @@ impl PersistenceHandle {
         self.actor.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn enqueue(&self, op: WriteOp, ack: Option<oneshot::Sender<Result<(), PersistError>>>) {
+    fn enqueue(&self, op: WriteOp, ack: Option<Ack>) {
         self.journal.lock().push_back(Pending { op: Arc::new(op), ack, queued_at: Instant::now() });
         if !self.journal.wake_sent.swap(true, Ordering::AcqRel)
             && let Some(actor) = self.actor()
