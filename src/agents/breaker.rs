@@ -6,13 +6,15 @@
 //! `half_open_max_calls` trial calls pass; one failure reopens it, that many successes close it.
 //!
 //! Only retryable failures count: a 4xx caused by one bad input says nothing about the agent's
-//! health. Written out here rather than taken from a crate because the contract fixes this exact
+//! health. Time is tokio's, so tests can move it with `tokio::time::advance`. Written out here rather than taken from a crate because the contract fixes this exact
 //! combination of count, rate and half-open quota, which the maintained breaker crates model
 //! differently.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::config::CircuitBreakerConfig;
 

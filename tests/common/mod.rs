@@ -112,3 +112,56 @@ impl Drop for TestDb {
         }
     }
 }
+
+use std::sync::Arc;
+
+use runvisor::Config;
+use runvisor::actors::events::{ChannelSink, Event};
+use runvisor::actors::run::{RunRequest, Spawned};
+use runvisor::config::RetryPolicy;
+use runvisor::executor::{Executor, ExecutorOptions};
+use runvisor::kafka::messages::PlanSource;
+use tokio::sync::mpsc;
+
+/// Defaults with retries fast enough for tests.
+pub fn test_config() -> Config {
+    let mut config = Config::defaults();
+    config.executor.retry = RetryPolicy { max_retries: 3, initial_delay_ms: 1, max_delay_ms: 10, backoff_multiplier: 2.0 };
+    config
+}
+
+/// An executor on a test database, with its events and spawned actors observable.
+pub struct TestExecutor {
+    pub executor: Executor,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub spawned: mpsc::UnboundedReceiver<Spawned>,
+}
+
+impl TestDb {
+    pub async fn executor(&self, config: &Config) -> TestExecutor {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (tap, spawned) = mpsc::unbounded_channel();
+        let options = ExecutorOptions { events: Some(Arc::new(ChannelSink(events_tx))), tap: Some(tap) };
+        let executor = Executor::start(config, self.db.clone(), options).await.expect("executor starts");
+        TestExecutor { executor, events, spawned }
+    }
+}
+
+/// A request for an inline plan.
+pub fn request(run_id: &str, plan: serde_json::Value, input: serde_json::Value) -> RunRequest {
+    let serde_json::Value::Object(input) = input else { panic!("input must be an object") };
+    RunRequest { run_id: run_id.into(), plan: PlanSource::Inline(plan), definition_id: None, input, triggered_by: None }
+}
+
+/// A plan document from its steps (each step's `id` is filled in from its key).
+pub fn plan(start: &str, steps: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Object(steps) = steps else { panic!("steps must be an object") };
+    let steps: serde_json::Map<String, serde_json::Value> = steps
+        .into_iter()
+        .map(|(id, mut step)| {
+            step["id"] = serde_json::Value::String(id.clone());
+            (id, step)
+        })
+        .collect();
+    serde_json::json!({"name": "test-plan", "start_step": start, "steps": steps})
+}
