@@ -52,7 +52,8 @@ impl Executor {
         db: DatabaseConnection,
         options: ExecutorOptions,
     ) -> Result<Executor, ExecutorError> {
-        let persistence = PersistenceHandle::new(Arc::new(Journal::default()));
+        let events = options.events.unwrap_or_else(|| Arc::new(crate::actors::events::NoEvents));
+        let persistence = PersistenceHandle::new(Arc::new(Journal::new(events)));
         let (persistence_supervisor, _) = Actor::spawn(
             None,
             PersistenceSupervisor,
@@ -64,7 +65,6 @@ impl Executor {
         let deps = Arc::new(RunDeps {
             persistence: persistence.clone(),
             registry: Arc::clone(&registry),
-            events: options.events.unwrap_or_else(|| Arc::new(crate::actors::events::NoEvents)),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: options.tap,
         });

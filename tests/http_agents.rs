@@ -168,7 +168,8 @@ async fn simple_agents_and_api_keys() {
         "Writer".into(),
         AgentConfig {
             auth_type: AuthType::Apikey,
-            auth_config: [("key".to_string(), "k-1".to_string()), ("header_name".to_string(), "X-Key".to_string())].into(),
+            auth_config: [("key".to_string(), "k-1".to_string()), ("header_name".to_string(), "X-Key".to_string())]
+                .into(),
             ..agent(format!("{base}/simple/ok"), AgentProtocol::Simple)
         },
     );
@@ -200,7 +201,9 @@ async fn failures_are_classified_as_the_contract_says() {
         let protocol = if path.starts_with("/rpc") { AgentProtocol::Jsonrpc } else { AgentProtocol::Simple };
         config.agents.insert(name.into(), agent(format!("{base}{path}"), protocol));
     }
-    config.agents.insert("Slow".into(), AgentConfig { timeout_ms: 100, ..agent(format!("{base}/slow"), AgentProtocol::Simple) });
+    config
+        .agents
+        .insert("Slow".into(), AgentConfig { timeout_ms: 100, ..agent(format!("{base}/slow"), AgentProtocol::Simple) });
     config.agents.insert("Down".into(), agent("http://127.0.0.1:9/nothing-listens".into(), AgentProtocol::Simple));
     for (name, _, retryable) in cases {
         let error = call(&config, name, json!({})).await.unwrap_err();
@@ -226,17 +229,27 @@ async fn runs_retry_5xx_408_and_429_but_not_other_4xx() {
     for code in [500, 408, 429] {
         let outcome = test
             .executor
-            .run(request(&format!("run-{code}"), plan("a", json!({"a": {"agent_name": format!("A{code}")}})), json!({})))
+            .run(request(
+                &format!("run-{code}"),
+                plan("a", json!({"a": {"agent_name": format!("A{code}")}})),
+                json!({}),
+            ))
             .await
             .unwrap();
         assert_eq!(outcome.status, RunStatus::Completed, "{code}: {:?}", outcome.error);
         assert_eq!(outcome.output, Some(json!({"calls": 3})));
         assert_eq!(seen.hits(&format!("/status/{code}/2")), 3);
     }
-    let outcome =
-        test.executor.run(request("run-400", plan("a", json!({"a": {"agent_name": "A400"}})), json!({}))).await.unwrap();
+    let outcome = test
+        .executor
+        .run(request("run-400", plan("a", json!({"a": {"agent_name": "A400"}})), json!({})))
+        .await
+        .unwrap();
     assert_eq!(outcome.status, RunStatus::Failed);
-    assert_eq!(outcome.error.as_deref(), Some("Step 'a' (agent: A400) failed: agent 'A400' answered HTTP 400: try later"));
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("Step 'a' (agent: A400) failed: agent 'A400' answered HTTP 400: try later")
+    );
     assert_eq!(seen.hits("/status/400/2"), 1);
     let (_, steps) = test.executor.persistence().load_run("run-500").await.unwrap().unwrap();
     let attempts: Vec<(i32, StepStatus)> = steps.iter().map(|s| (s.attempt, s.status)).collect();
@@ -248,7 +261,12 @@ async fn runs_retry_5xx_408_and_429_but_not_other_4xx() {
 async fn the_breaker_opens_on_failures_fails_fast_and_closes_after_its_timeout() {
     let (base, seen) = start_server().await;
     let mut config = Config::defaults();
-    let breaker = CircuitBreakerConfig { failure_threshold: 3, failure_rate_threshold: 0.5, timeout_seconds: 60, half_open_max_calls: 1 };
+    let breaker = CircuitBreakerConfig {
+        failure_threshold: 3,
+        failure_rate_threshold: 0.5,
+        timeout_seconds: 60,
+        half_open_max_calls: 1,
+    };
     // Fails 3 times, then succeeds.
     config.agents.insert(
         "Flaky".into(),

@@ -37,6 +37,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
 
 /// A run row as the executor writes it: inserted if absent, else advanced if not yet terminal.
@@ -133,12 +134,15 @@ type Ack = oneshot::Sender<Result<(), PersistError>>;
 struct Pending {
     op: Arc<WriteOp>,
     ack: Option<Ack>,
+    /// Reported once the write is committed, so observers never hear of a state the database
+    /// does not hold, and hear of it even if the writer's actor died meanwhile.
+    event: Option<Event>,
     queued_at: Instant,
 }
 
 /// Writes waiting to be committed. It outlives any one persistence actor.
-#[derive(Default)]
 pub struct Journal {
+    events: Arc<dyn EventSink>,
     queue: Mutex<VecDeque<Pending>>,
     /// A `Wake` is on its way to the actor; saves sending one per write under load.
     wake_sent: AtomicBool,
@@ -153,7 +157,24 @@ impl std::fmt::Debug for Journal {
     }
 }
 
+impl Default for Journal {
+    fn default() -> Self {
+        Self::new(Arc::new(NoEvents))
+    }
+}
+
 impl Journal {
+    /// A journal that reports committed writes' events to `events`.
+    pub fn new(events: Arc<dyn EventSink>) -> Self {
+        Self {
+            events,
+            queue: Mutex::default(),
+            wake_sent: AtomicBool::new(false),
+            transactions: AtomicU64::new(0),
+            committed: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Pending>> {
         self.queue.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -171,11 +192,16 @@ impl Journal {
         (self.transactions.load(Ordering::Relaxed), self.committed.load(Ordering::Relaxed))
     }
 
-    /// Takes every queued write at once, for the in-memory store of unit tests.
+    /// Hands every queued write to `commit` and acknowledges it: the in-memory store of unit tests.
     #[cfg(test)]
-    pub(crate) fn take_all_for_test(&self) -> Vec<(Arc<WriteOp>, Option<Ack>)> {
+    pub(crate) fn commit_all_for_test(&self, mut commit: impl FnMut(&WriteOp)) {
         self.wake_sent.store(false, Ordering::Release);
-        self.lock().drain(..).map(|p| (p.op, p.ack)).collect()
+        let count = {
+            let queue = self.lock();
+            queue.iter().for_each(|p| commit(&p.op));
+            queue.len()
+        };
+        acknowledge(self, count, Ok(()));
     }
 }
 
@@ -215,8 +241,8 @@ impl PersistenceHandle {
         self.actor.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn enqueue(&self, op: WriteOp, ack: Option<Ack>) {
-        self.journal.lock().push_back(Pending { op: Arc::new(op), ack, queued_at: Instant::now() });
+    fn enqueue(&self, op: WriteOp, event: Option<Event>, ack: Option<Ack>) {
+        self.journal.lock().push_back(Pending { op: Arc::new(op), ack, event, queued_at: Instant::now() });
         if !self.journal.wake_sent.swap(true, Ordering::AcqRel)
             && let Some(actor) = self.actor()
         {
@@ -229,13 +255,20 @@ impl PersistenceHandle {
     /// Queues a write and waits until it is committed.
     pub async fn write(&self, op: WriteOp) -> Result<(), PersistError> {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(op, Some(tx));
+        self.enqueue(op, None, Some(tx));
         rx.await.unwrap_or(Err(PersistError::Unavailable))
     }
 
-    /// Queues a write without waiting for it.
-    pub fn write_later(&self, op: WriteOp) {
-        self.enqueue(op, None);
+    /// Queues a write, waits until it is committed, and has `event` reported right after.
+    pub async fn write_and_report(&self, op: WriteOp, event: Event) -> Result<(), PersistError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(op, Some(event), Some(tx));
+        rx.await.unwrap_or(Err(PersistError::Unavailable))
+    }
+
+    /// Queues a write without waiting for it; `event`, if any, is reported once it commits.
+    pub fn write_later(&self, op: WriteOp, event: Option<Event>) {
+        self.enqueue(op, event, None);
     }
 
     /// Waits until every write queued before this call is committed.
@@ -393,10 +426,14 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
     }
 }
 
-/// Removes the first `count` writes, answering their writers.
+/// Removes the first `count` writes, reporting their events if they committed and answering
+/// their writers.
 fn acknowledge(journal: &Journal, count: usize, result: Result<(), PersistError>) {
     let done: Vec<Pending> = journal.lock().drain(..count).collect();
     for pending in done {
+        if let (Some(event), Ok(())) = (pending.event, &result) {
+            journal.events.emit(event);
+        }
         if let Some(ack) = pending.ack {
             let _ = ack.send(result.clone());
         }
@@ -656,7 +693,7 @@ mod tests {
         let (db, _dir) = sqlite().await;
         let (handle, supervisor) = start(db, 64).await;
         for i in 0..500 {
-            handle.write_later(run(&format!("r{i}"), RunStatus::Running));
+            handle.write_later(run(&format!("r{i}"), RunStatus::Running), None);
         }
         handle.flush().await.unwrap();
         let (transactions, writes) = handle.journal().stats();
@@ -669,7 +706,7 @@ mod tests {
     async fn a_rejected_write_is_reported_to_its_writer_and_the_rest_commit() {
         let (db, _dir) = sqlite().await;
         let (handle, supervisor) = start(db, 64).await;
-        handle.write_later(run("r1", RunStatus::Running));
+        handle.write_later(run("r1", RunStatus::Running), None);
         let orphan = handle.write(attempt("no-such-run", "x"));
         let good = handle.write(attempt("r1", "a1"));
         let (orphan, good) = tokio::join!(orphan, good);
@@ -685,7 +722,7 @@ mod tests {
         let (handle, supervisor) = start(db, 16).await;
         let mut generations = handle.generations();
         for i in 0..400 {
-            handle.write_later(run(&format!("r{i}"), RunStatus::Running));
+            handle.write_later(run(&format!("r{i}"), RunStatus::Running), None);
         }
         // Kill the writer whenever it has work, five times, each time waiting for its replacement.
         let mut kills = 0;

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::events::{Event, EventSink};
+use super::events::Event;
 use super::persistence::{AttemptEnd, AttemptStart, PersistenceHandle, RunWrite, WriteOp};
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, StepFailure};
@@ -43,7 +43,6 @@ use crate::plan::{Plan, StepKind, condition, mapping, validate};
 pub struct RunDeps {
     pub persistence: PersistenceHandle,
     pub registry: Arc<AgentRegistry>,
-    pub events: Arc<dyn EventSink>,
     /// `executor.max_parallel_steps`.
     pub step_limit: Arc<Semaphore>,
     /// Test and chaos hook: told about every actor a run spawns.
@@ -424,8 +423,8 @@ impl RunState {
             Err(error) => return self.conclude(myself, RunStatus::Failed, None, Some(error), None).await,
         };
         self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
-        self.deps.persistence.write(self.run_write(RunStatus::Running, None, None, None)).await?;
-        self.emit_run(RunStatus::Running, None);
+        let running = self.run_write(RunStatus::Running, None, None, None);
+        self.deps.persistence.write_and_report(running, self.run_event(RunStatus::Running, None)).await?;
         let main_chain = plan.main_chain.clone();
         self.plan = Some(Arc::new(plan));
         let root = self.add_exec(
@@ -692,12 +691,12 @@ impl RunState {
             loop_iteration_index: ctx.loop_index.map(|i| i as i32),
             attempt: attempt as i32,
         };
-        if let Err(e) = self.deps.persistence.write(WriteOp::AttemptStarted(Box::new(row))).await {
+        let event = self.attempt_event(id, StepStatus::Running, None);
+        if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await {
             let message = step_failed(&step_id, agent.name(), format!("cannot record the attempt: {e}"));
             self.queue.push_back(Action::Finish(id, Err(message)));
             return Ok(());
         }
-        self.emit_attempt(id, StepStatus::Running, None);
 
         let idempotency_key = match ctx.loop_index {
             Some(index) => format!("{}/{step_id}/{index}", self.run_id),
@@ -754,8 +753,8 @@ impl RunState {
             Err(failure) if failure.is_retryable() && attempt < max_attempts => call.delays.next(),
             _ => None,
         };
-        self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
-        self.emit_attempt(id, status, error);
+        let event = self.attempt_event(id, status, error);
+        self.deps.persistence.write_and_report(WriteOp::AttemptEnded(Box::new(end)), event).await?;
         match (result, retry_in) {
             (Ok(output), _) => self.queue.push_back(Action::Finish(id, Ok(output))),
             (Err(_), Some(delay)) => {
@@ -923,8 +922,8 @@ impl RunState {
                 error: Some(reason.to_string()),
                 at: Self::now(),
             };
-            self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
-            self.emit_attempt(id, StepStatus::Cancelled, Some(reason.to_string()));
+            let event = self.attempt_event(id, StepStatus::Cancelled, Some(reason.to_string()));
+            self.deps.persistence.write_and_report(WriteOp::AttemptEnded(Box::new(end)), event).await?;
         }
         Ok(())
     }
@@ -939,26 +938,21 @@ impl RunState {
         cancelled_by: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         self.done = true;
-        self.deps.persistence.write(self.run_write(status, output.clone(), error.clone(), cancelled_by)).await?;
-        self.emit_run(status, error.clone());
+        let terminal = self.run_write(status, output.clone(), error.clone(), cancelled_by);
+        self.deps.persistence.write_and_report(terminal, self.run_event(status, error.clone())).await?;
         let _ = self.finished.set(RunOutcome { run_id: self.run_id.clone(), status, output, error });
         myself.stop(None);
         Ok(())
     }
 
-    fn emit_run(&self, status: RunStatus, error: Option<String>) {
-        self.deps.events.emit(Event::Run {
-            run_id: self.run_id.clone(),
-            workflow_name: self.meta.workflow_name.clone(),
-            status,
-            error,
-        });
+    fn run_event(&self, status: RunStatus, error: Option<String>) -> Event {
+        Event::Run { run_id: self.run_id.clone(), workflow_name: self.meta.workflow_name.clone(), status, error }
     }
 
-    fn emit_attempt(&self, id: ExecId, status: StepStatus, error: Option<String>) {
+    fn attempt_event(&self, id: ExecId, status: StepStatus, error: Option<String>) -> Event {
         let exec = &self.execs[id];
-        let ExecKind::Agent(call) = &exec.kind else { return };
-        self.deps.events.emit(Event::Attempt {
+        let ExecKind::Agent(call) = &exec.kind else { unreachable!("attempt events are about agent calls") };
+        Event::Attempt {
             run_id: self.run_id.clone(),
             step_id: exec.step_id.clone(),
             agent_name: call.agent.name().to_string(),
@@ -966,7 +960,7 @@ impl RunState {
             attempt: call.attempt,
             status,
             error,
-        });
+        }
     }
 }
 

@@ -135,7 +135,6 @@ impl Actor for RunSupervisor {
         let message = crash.unwrap_or_else(|| "RunActor stopped before the run ended".into());
         tracing::error!(%run_id, %message, "run failed because its actor did not finish it");
         let persistence = state.deps.persistence.clone();
-        let events = Arc::clone(&state.deps.events);
         let now = chrono::Utc::now().naive_utc();
         let (workflow_id, workflow_name) = match &run.request.plan {
             PlanSource::Inline(document) => validate::identity(document),
@@ -161,18 +160,17 @@ impl Actor for RunSupervisor {
             at: now,
         }));
         // Not awaited here: the supervisor keeps serving other runs while the writes commit.
-        persistence.write_later(abandon);
+        persistence.write_later(abandon, None);
+        let event = Event::Run {
+            run_id: run_id.clone(),
+            workflow_name: workflow_name.unwrap_or_default(),
+            status: RunStatus::Failed,
+            error: Some(message.clone()),
+        };
         tokio::spawn(async move {
-            let committed = persistence.write(fail).await;
-            if let Err(error) = committed {
+            if let Err(error) = persistence.write_and_report(fail, event).await {
                 tracing::error!(%run_id, %error, "could not record the failure of a crashed run");
             }
-            events.emit(Event::Run {
-                run_id: run_id.clone(),
-                workflow_name: workflow_name.unwrap_or_default(),
-                status: RunStatus::Failed,
-                error: Some(message.clone()),
-            });
             let outcome = RunOutcome { run_id, status: RunStatus::Failed, output: None, error: Some(message) };
             for waiter in run.waiting {
                 let _ = waiter.send(outcome.clone());

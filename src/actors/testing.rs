@@ -42,12 +42,7 @@ impl Actor for MemoryStore {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             PersistMsg::Wake | PersistMsg::RetryAfterError => {
-                for (op, ack) in journal.take_all_for_test() {
-                    log.lock().unwrap().push((*op).clone());
-                    if let Some(ack) = ack {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
+                journal.commit_all_for_test(|op| log.lock().unwrap().push(op.clone()));
             }
             PersistMsg::Read(ReadRequest::Agents(port)) => {
                 let _ = port.send(Ok(Vec::new()));
@@ -140,17 +135,16 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(config: &Config) -> Harness {
-        let journal = Arc::new(Journal::default());
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let journal = Arc::new(Journal::new(Arc::new(ChannelSink(events_tx))));
         let log = Arc::new(Mutex::new(Vec::new()));
         let (store, _) = Actor::spawn(None, MemoryStore, (Arc::clone(&journal), Arc::clone(&log))).await.unwrap();
         let persistence = PersistenceHandle::new(journal);
         persistence.set_actor(Some(store));
-        let (events_tx, events) = mpsc::unbounded_channel();
         let (tap, spawned) = mpsc::unbounded_channel();
         let deps = Arc::new(RunDeps {
             persistence,
             registry: Arc::new(AgentRegistry::new(config, &[])),
-            events: Arc::new(ChannelSink(events_tx)),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: Some(tap),
         });

@@ -126,7 +126,8 @@ use tokio::sync::mpsc;
 /// Defaults with retries fast enough for tests.
 pub fn test_config() -> Config {
     let mut config = Config::defaults();
-    config.executor.retry = RetryPolicy { max_retries: 3, initial_delay_ms: 1, max_delay_ms: 10, backoff_multiplier: 2.0 };
+    config.executor.retry =
+        RetryPolicy { max_retries: 3, initial_delay_ms: 1, max_delay_ms: 10, backoff_multiplier: 2.0 };
     config
 }
 
