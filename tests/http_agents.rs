@@ -289,3 +289,46 @@ async fn the_breaker_opens_on_failures_fails_fast_and_closes_after_its_timeout()
     assert_eq!(flaky.call(&json!({}), &context(1)).await.unwrap(), json!({"calls": 4}));
     assert_eq!(flaky.breaker().unwrap().state(), BreakerState::Closed);
 }
+
+#[tokio::test]
+async fn max_concurrency_limits_calls_in_flight_across_a_parallel_block() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Clone, Default)]
+    struct Gauge {
+        now: Arc<AtomicUsize>,
+        peak: Arc<AtomicUsize>,
+    }
+    let gauge = Gauge::default();
+    let app = Router::new()
+        .route(
+            "/work",
+            post(|State(gauge): State<Gauge>| async move {
+                let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+                gauge.peak.fetch_max(now, Ordering::SeqCst);
+                // The agent's work: long enough for the executor to try to overlap calls.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                gauge.now.fetch_sub(1, Ordering::SeqCst);
+                Json(json!({"status": "success", "output": {}}))
+            }),
+        )
+        .with_state(gauge.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let db = TestDb::sqlite().await.migrated().await;
+    let mut config = test_config();
+    config.agents.insert(
+        "Worker".into(),
+        AgentConfig { max_concurrency: Some(2), ..agent(format!("http://{address}/work"), AgentProtocol::Simple) },
+    );
+    let test = db.executor(&config).await;
+    let members: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    let mut steps = json!({"p": {"type": "parallel", "parallel_steps": members}});
+    for member in &members {
+        steps[member] = json!({"agent_name": "Worker"});
+    }
+    let outcome = test.executor.run(request("limited", plan("p", steps), json!({}))).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed, "{:?}", outcome.error);
+    assert_eq!(gauge.peak.load(Ordering::SeqCst), 2);
+}
