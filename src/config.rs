@@ -113,6 +113,11 @@ pub struct ExecutorConfig {
     pub max_concurrent_runs: usize,
     pub max_parallel_steps: usize,
     pub shutdown_grace_ms: u64,
+    /// How long a claim on a run holds without renewal; renewed every third of it.
+    pub lease_ms: u64,
+    /// This executor's name in `workflow_runs.owner_id`; empty = generated at start (unique per
+    /// process, so a restarted executor never mistakes a dead one's claims for its own).
+    pub owner_id: String,
     pub retry: RetryPolicy,
     pub circuit_breaker: CircuitBreakerConfig,
 }
@@ -360,6 +365,12 @@ impl Config {
         let exec = &self.executor;
         at_least_one(&mut out, "executor.max_concurrent_runs", exec.max_concurrent_runs as u64);
         at_least_one(&mut out, "executor.max_parallel_steps", exec.max_parallel_steps as u64);
+        if exec.lease_ms < 1000 {
+            out.push(format!("executor.lease_ms = {}: must be ≥ 1000", exec.lease_ms));
+        }
+        if exec.owner_id.len() > 64 {
+            out.push(format!("executor.owner_id = {:?}: must be at most 64 characters", exec.owner_id));
+        }
         exec.retry.problems("executor.retry", &mut out);
         exec.circuit_breaker.problems("executor.circuit_breaker", &mut out);
 
@@ -382,6 +393,18 @@ impl Config {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.executor.shutdown_grace_ms)
+    }
+
+    /// `executor.owner_id`, or a name unique to this process.
+    pub fn owner_id(&self) -> String {
+        if self.executor.owner_id.is_empty() {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "executor".into());
+            let mut host: String = host.chars().take(24).collect();
+            host.push_str(&format!("-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]));
+            host
+        } else {
+            self.executor.owner_id.clone()
+        }
     }
 }
 

@@ -43,6 +43,8 @@ pub struct Executor {
     persistence_supervisor: ActorRef<()>,
     runs: ActorRef<SupervisorMsg>,
     registry: Arc<AgentRegistry>,
+    /// This executor's name in `workflow_runs.owner_id`.
+    owner: String,
 }
 
 impl Executor {
@@ -62,14 +64,21 @@ impl Executor {
         .await?;
         let rows = persistence.load_agents().await.map_err(ExecutorError::Agents)?;
         let registry = Arc::new(AgentRegistry::new(config, &rows));
+        let owner = config.owner_id();
         let deps = Arc::new(RunDeps {
             persistence: persistence.clone(),
+            owner: owner.clone(),
+            lease: Duration::from_millis(config.executor.lease_ms),
             registry: Arc::clone(&registry),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: options.tap,
         });
         let (runs, _) = Actor::spawn(None, RunSupervisor, deps).await?;
-        Ok(Executor { persistence, persistence_supervisor, runs, registry })
+        Ok(Executor { persistence, persistence_supervisor, runs, registry, owner })
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub fn registry(&self) -> &Arc<AgentRegistry> {

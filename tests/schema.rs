@@ -196,6 +196,8 @@ async fn entities_round_trip_and_the_contract_queries_run() {
             cancelled_by: Set(None),
             error_message: Set(None),
             output_data: Set(Some(json!({"text": "done"}))),
+            owner_id: Set(Some("executor-1".into())),
+            lease_expires_at: Set(Some(now)),
         };
         let inserted = run.insert(&db.db).await.unwrap();
         let step = step_execution::ActiveModel {

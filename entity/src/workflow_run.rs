@@ -26,6 +26,10 @@ pub struct Model {
     /// The output of the last step of the main chain (CONTRACT.md §3).
     #[sea_orm(column_type = "JsonBinary", nullable)]
     pub output_data: Option<Json>,
+    /// The executor that holds the run (runvisor's column; null for runs no executor claimed).
+    pub owner_id: Option<String>,
+    /// Until when `owner_id`'s claim holds; another executor may take the run over after it.
+    pub lease_expires_at: Option<DateTime>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -30,8 +30,8 @@ use entity::{RunStatus, StepStatus, agent, step_execution, workflow_definition, 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, RuntimeErr, Set,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    RuntimeErr, Set, TransactionTrait,
 };
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -53,10 +53,39 @@ pub struct RunWrite {
     pub output: Option<Value>,
     pub error: Option<String>,
     pub cancelled_by: Option<String>,
+    /// The executor writing: the write takes effect only while the run is unclaimed or claimed by
+    /// this owner, so an executor that lost its lease cannot overwrite its successor's work.
+    pub owner: Option<String>,
     pub at: NaiveDateTime,
 }
 
-/// A new agent call attempt, RUNNING.
+/// A claim on a run: insert it RUNNING if absent, or take it if unclaimed or its lease expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    /// The row to insert when none exists (status RUNNING).
+    pub run: RunWrite,
+    pub owner: String,
+    pub lease: Duration,
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// The run is ours now; `history` holds the attempts an earlier owner recorded.
+    Claimed { history: Vec<step_execution::Model>, taken_over: bool },
+    /// The run already ended: nothing to do.
+    Terminal(Box<workflow_run::Model>),
+    /// Another executor holds a live lease on it.
+    Held { owner: String, until: NaiveDateTime },
+}
+
+/// A run this executor holds, as the lease renewal found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseState {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub owner: Option<String>,
+}
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptStart {
     pub id: String,
@@ -117,6 +146,19 @@ pub enum ReadRequest {
     Agents(RpcReplyPort<Result<Vec<agent::Model>, PersistError>>),
     Definition(Uuid, RpcReplyPort<Result<Option<workflow_definition::Model>, PersistError>>),
     Run(String, RpcReplyPort<Result<Option<StoredRun>, PersistError>>),
+    Claim(Box<Claim>, RpcReplyPort<Result<ClaimOutcome, PersistError>>),
+    /// Extends `owner`'s leases on its RUNNING runs until `until`, and reports the state of `runs`.
+    Renew {
+        owner: String,
+        until: NaiveDateTime,
+        runs: Vec<String>,
+        reply: RpcReplyPort<Result<Vec<LeaseState>, PersistError>>,
+    },
+    /// Ends `owner`'s leases now, so that other executors may take its unfinished runs at once.
+    Release {
+        owner: String,
+        reply: RpcReplyPort<Result<u64, PersistError>>,
+    },
 }
 
 #[derive(Debug)]
@@ -276,15 +318,31 @@ impl PersistenceHandle {
         self.write(WriteOp::Barrier).await
     }
 
+    /// Asks the persistence actor; if it dies or is being restarted meanwhile, asks its successor.
+    /// Every request is safe to repeat (reads, and claims, which an owner may make again).
     async fn read<T>(
         &self,
-        request: impl FnOnce(RpcReplyPort<Result<T, PersistError>>) -> ReadRequest,
+        request: impl Fn(RpcReplyPort<Result<T, PersistError>>) -> ReadRequest,
     ) -> Result<T, PersistError>
     where
         T: Send + 'static,
     {
-        let actor = self.actor().ok_or(PersistError::Unavailable)?;
-        ractor::call!(actor, |port| PersistMsg::Read(request(port))).map_err(|_| PersistError::Unavailable)?
+        const RESTARTS_WAITED: usize = 50;
+        let mut generations = self.generations();
+        for _ in 0..RESTARTS_WAITED {
+            if let Some(actor) = self.actor()
+                && let Ok(answer) = ractor::call!(actor, |port| PersistMsg::Read(request(port)))
+            {
+                return answer;
+            }
+            // Between a crash and the restart: wait for the next actor (or give up after a while).
+            if tokio::time::timeout(Duration::from_secs(5), generations.changed()).await.is_err()
+                && self.actor().is_none()
+            {
+                break;
+            }
+        }
+        Err(PersistError::Unavailable)
     }
 
     pub async fn load_agents(&self) -> Result<Vec<agent::Model>, PersistError> {
@@ -296,8 +354,29 @@ impl PersistenceHandle {
     }
 
     pub async fn load_run(&self, run_id: &str) -> Result<Option<StoredRun>, PersistError> {
-        let run_id = run_id.to_string();
-        self.read(|port| ReadRequest::Run(run_id, port)).await
+        self.read(|port| ReadRequest::Run(run_id.to_string(), port)).await
+    }
+
+    pub async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, PersistError> {
+        self.read(|port| ReadRequest::Claim(Box::new(claim.clone()), port)).await
+    }
+
+    pub async fn renew_leases(
+        &self,
+        owner: &str,
+        until: NaiveDateTime,
+        runs: Vec<String>,
+    ) -> Result<Vec<LeaseState>, PersistError> {
+        self.read(|reply| ReadRequest::Renew { owner: owner.to_string(), until, runs: runs.clone(), reply }).await
+    }
+
+    pub async fn release_leases(&self, owner: &str) -> Result<u64, PersistError> {
+        self.read(|reply| ReadRequest::Release { owner: owner.to_string(), reply }).await
+    }
+
+    /// Reports `event` once every write queued before it has committed.
+    pub fn report(&self, event: Event) {
+        self.enqueue(WriteOp::Barrier, Some(event), None);
     }
 }
 
@@ -485,29 +564,44 @@ async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<(), D
 
 const TERMINAL_RUN: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
 
+/// The row a [`RunWrite`] inserts when the run has none.
+fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
+    workflow_run::ActiveModel {
+        run_id: Set(run.run_id.clone()),
+        workflow_id: Set(run.workflow_id.clone()),
+        workflow_name: Set(run.workflow_name.clone()),
+        workflow_definition_id: Set(run.definition_id),
+        status: Set(run.status),
+        input_data: Set(run.input.clone()),
+        triggered_by: Set(run.triggered_by.clone()),
+        created_at: Set(run.at),
+        updated_at: Set(run.at),
+        completed_at: Set(None),
+        cancelled_at: Set(None),
+        cancelled_by: Set(run.cancelled_by.clone()),
+        error_message: Set(run.error.clone()),
+        output_data: Set(run.output.clone()),
+        owner_id: Set(run.owner.clone()),
+        lease_expires_at: Set(None),
+    }
+}
+
 async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
     match op {
         WriteOp::Run(run) => {
             let terminal = run.status.is_terminal();
             let cancelled = run.status == RunStatus::Cancelled;
-            let row = workflow_run::ActiveModel {
-                run_id: Set(run.run_id.clone()),
-                workflow_id: Set(run.workflow_id.clone()),
-                workflow_name: Set(run.workflow_name.clone()),
-                workflow_definition_id: Set(run.definition_id),
-                status: Set(run.status),
-                input_data: Set(run.input.clone()),
-                triggered_by: Set(run.triggered_by.clone()),
-                created_at: Set(run.at),
-                updated_at: Set(run.at),
-                completed_at: Set(terminal.then_some(run.at)),
-                cancelled_at: Set(cancelled.then_some(run.at)),
-                cancelled_by: Set(run.cancelled_by.clone()),
-                error_message: Set(run.error.clone()),
-                output_data: Set(run.output.clone()),
-            };
+            let mut row = run_row(run);
+            row.completed_at = Set(terminal.then_some(run.at));
+            row.cancelled_at = Set(cancelled.then_some(run.at));
+            row.lease_expires_at = Set(None);
             use workflow_run::Column as C;
             let mut on_conflict = OnConflict::column(C::RunId);
+            let mut guard = Expr::col((workflow_run::Entity, C::Status)).is_not_in(TERMINAL_RUN);
+            if let Some(owner) = &run.owner {
+                let owner_col = Expr::col((workflow_run::Entity, C::OwnerId));
+                guard = guard.and(owner_col.clone().is_null().or(owner_col.eq(owner.as_str())));
+            }
             on_conflict
                 .update_columns([
                     C::Status,
@@ -517,8 +611,9 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                     C::CancelledBy,
                     C::ErrorMessage,
                     C::OutputData,
+                    C::LeaseExpiresAt,
                 ])
-                .action_and_where(Expr::col((workflow_run::Entity, C::Status)).is_not_in(TERMINAL_RUN));
+                .action_and_where(guard);
             workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?;
         }
         WriteOp::AttemptStarted(attempt) => {
@@ -598,7 +693,107 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
             .map_err(read_error);
             let _ = port.send(result);
         }
+        ReadRequest::Claim(claim, port) => {
+            let _ = port.send(claim_run(db, &claim).await.map_err(read_error));
+        }
+        ReadRequest::Renew { owner, until, runs, reply } => {
+            let _ = reply.send(renew(db, &owner, until, &runs).await.map_err(read_error));
+        }
+        ReadRequest::Release { owner, reply } => {
+            use workflow_run::Column as C;
+            let now = chrono::Utc::now().naive_utc();
+            let released = workflow_run::Entity::update_many()
+                .col_expr(C::LeaseExpiresAt, Expr::value(now))
+                .filter(C::OwnerId.eq(owner.as_str()))
+                .filter(C::Status.eq(RunStatus::Running))
+                .exec(db)
+                .await
+                .map(|r| r.rows_affected)
+                .map_err(read_error);
+            let _ = reply.send(released);
+        }
     }
+}
+
+/// Claims a run in one transaction (CONTRACT.md §7.2: two executors never run a run at once).
+async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcome, DbErr> {
+    use workflow_run::Column as C;
+    let run_id = claim.run.run_id.as_str();
+    // Two executors may race to insert the same new run; the loser re-reads and finds it held.
+    for _ in 0..3 {
+        let now = chrono::Utc::now().naive_utc();
+        let until = now + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
+        let txn = db.begin().await?;
+        let mut select = workflow_run::Entity::find_by_id(run_id);
+        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            select = select.lock_exclusive();
+        }
+        let taken_over = match select.one(&txn).await? {
+            None => {
+                let mut row = run_row(&claim.run);
+                row.status = Set(RunStatus::Running);
+                row.owner_id = Set(Some(claim.owner.clone()));
+                row.lease_expires_at = Set(Some(until));
+                let inserted = workflow_run::Entity::insert(row)
+                    .on_conflict(OnConflict::column(C::RunId).do_nothing().to_owned())
+                    .exec_without_returning(&txn)
+                    .await?;
+                if inserted == 0 {
+                    txn.rollback().await?;
+                    continue;
+                }
+                false
+            }
+            Some(row) if row.status.is_terminal() => {
+                txn.rollback().await?;
+                return Ok(ClaimOutcome::Terminal(Box::new(row)));
+            }
+            Some(row) => {
+                let held_by_other = row.owner_id.as_deref().is_some_and(|o| o != claim.owner);
+                if let (true, Some(lease)) = (held_by_other, row.lease_expires_at)
+                    && lease > now
+                {
+                    txn.rollback().await?;
+                    return Ok(ClaimOutcome::Held { owner: row.owner_id.unwrap_or_default(), until: lease });
+                }
+                workflow_run::Entity::update_many()
+                    .col_expr(C::Status, Expr::value(RunStatus::Running.as_str()))
+                    .col_expr(C::OwnerId, Expr::value(claim.owner.as_str()))
+                    .col_expr(C::LeaseExpiresAt, Expr::value(until))
+                    .col_expr(C::UpdatedAt, Expr::value(now))
+                    .filter(C::RunId.eq(run_id))
+                    .exec(&txn)
+                    .await?;
+                row.status == RunStatus::Running && held_by_other
+            }
+        };
+        txn.commit().await?;
+        let history = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
+        return Ok(ClaimOutcome::Claimed { history, taken_over });
+    }
+    Err(DbErr::Custom(format!("could not claim run '{run_id}': it kept changing under the claim")))
+}
+
+async fn renew(
+    db: &DatabaseConnection,
+    owner: &str,
+    until: NaiveDateTime,
+    runs: &[String],
+) -> Result<Vec<LeaseState>, DbErr> {
+    use workflow_run::Column as C;
+    workflow_run::Entity::update_many()
+        .col_expr(C::LeaseExpiresAt, Expr::value(until))
+        .filter(C::OwnerId.eq(owner))
+        .filter(C::Status.eq(RunStatus::Running))
+        .exec(db)
+        .await?;
+    let mut states = Vec::with_capacity(runs.len());
+    for chunk in runs.chunks(500) {
+        let rows =
+            workflow_run::Entity::find().filter(C::RunId.is_in(chunk.iter().map(String::as_str))).all(db).await?;
+        states.extend(rows.into_iter().map(|r| LeaseState { run_id: r.run_id, status: r.status, owner: r.owner_id }));
+    }
+    Ok(states)
 }
 
 #[cfg(test)]
@@ -637,6 +832,7 @@ mod tests {
             output: status.is_terminal().then(|| json!({"done": true})),
             error: None,
             cancelled_by: None,
+            owner: None,
             at: chrono::Utc::now().naive_utc(),
         }))
     }

@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::events::Event;
-use super::persistence::{AttemptEnd, AttemptStart, PersistenceHandle, RunWrite, WriteOp};
+use super::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, PersistenceHandle, RunWrite, WriteOp};
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, StepFailure};
 use crate::kafka::messages::PlanSource;
@@ -42,6 +42,10 @@ use crate::plan::{Plan, StepKind, condition, mapping, validate};
 #[derive(Debug)]
 pub struct RunDeps {
     pub persistence: PersistenceHandle,
+    /// This executor's name in `workflow_runs.owner_id`.
+    pub owner: String,
+    /// How long a claim on a run holds without renewal.
+    pub lease: Duration,
     pub registry: Arc<AgentRegistry>,
     /// `executor.max_parallel_steps`.
     pub step_limit: Arc<Semaphore>,
@@ -66,13 +70,36 @@ pub struct RunRequest {
     pub triggered_by: Option<String>,
 }
 
-/// How a run ended, as committed to the database.
+/// How a run request ended here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
     pub run_id: String,
+    /// The run's status in the database.
     pub status: RunStatus,
     pub output: Option<Value>,
     pub error: Option<String>,
+    pub disposition: Disposition,
+}
+
+/// What this executor did with a run request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Ran it to the terminal status it committed.
+    Executed,
+    /// It had ended before: nothing ran (a duplicate request).
+    AlreadyTerminal,
+    /// Another executor holds a live claim on it until `until`; ask again then.
+    HeldElsewhere { owner: String, until: chrono::NaiveDateTime },
+    /// Stopped working on it without ending it (its claim was lost, or the executor is stopping);
+    /// whoever claims it next resumes it.
+    Abandoned,
+}
+
+impl RunOutcome {
+    /// Whether the request is settled: the run is terminal, whoever ended it.
+    pub fn is_settled(&self) -> bool {
+        matches!(self.disposition, Disposition::Executed | Disposition::AlreadyTerminal)
+    }
 }
 
 #[derive(Debug)]
@@ -223,6 +250,11 @@ pub struct RunState {
     meta: RunMeta,
     input: Value,
     plan: Option<Arc<Plan>>,
+    /// Attempt rows an earlier owner of this run recorded, by id: completed calls are not made
+    /// again, calls it left RUNNING are ended and retried.
+    history: HashMap<String, entity::step_execution::Model>,
+    /// This run was taken over from an executor that lost it.
+    taken_over: bool,
     outputs: HashMap<String, Value>,
     scopes: Vec<IterScope>,
     execs: Vec<Exec>,
@@ -259,6 +291,8 @@ impl Actor for RunActor {
             finished: args.finished,
             meta,
             plan: None,
+            history: HashMap::new(),
+            taken_over: false,
             outputs: HashMap::new(),
             scopes: Vec::new(),
             execs: Vec::new(),
@@ -398,33 +432,76 @@ impl RunState {
             output,
             error,
             cancelled_by,
+            owner: Some(self.deps.owner.clone()),
             at: Self::now(),
         }))
     }
 
-    async fn resolve_plan(&mut self) -> Result<Plan, String> {
-        let document = match &self.request.plan {
-            PlanSource::Inline(document) => document.clone(),
+    /// The plan document: inline, or the stored definition's (whose identity then names the run).
+    async fn load_document(&mut self) -> Result<Value, String> {
+        match &self.request.plan {
+            PlanSource::Inline(document) => Ok(document.clone()),
             PlanSource::Definition(id) => match self.deps.persistence.load_definition(*id).await {
                 Ok(Some(definition)) => {
-                    self.meta.workflow_name = definition.name.clone();
-                    definition.workflow_data
+                    let (workflow_id, name) = validate::identity(&definition.workflow_data);
+                    self.meta = RunMeta {
+                        workflow_id: workflow_id.unwrap_or_else(|| id.to_string()),
+                        workflow_name: name.unwrap_or_else(|| definition.name.clone()),
+                    };
+                    Ok(definition.workflow_data)
                 }
-                Ok(None) => return Err(format!("workflow_definition_id '{id}' does not exist")),
-                Err(e) => return Err(format!("cannot load workflow definition '{id}': {e}")),
+                Ok(None) => Err(format!("workflow_definition_id '{id}' does not exist")),
+                Err(e) => Err(format!("cannot load workflow definition '{id}': {e}")),
             },
-        };
-        validate::validate(&document, self.deps.registry.as_ref()).map_err(|invalid| invalid.to_string())
+        }
     }
 
     async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), ActorProcessingErr> {
-        let plan = match self.resolve_plan().await {
+        let document = self.load_document().await;
+        let claim = Claim {
+            run: RunWrite {
+                status: RunStatus::Running,
+                ..match self.run_write(RunStatus::Running, None, None, None) {
+                    WriteOp::Run(run) => *run,
+                    _ => unreachable!("run_write writes a run"),
+                }
+            },
+            owner: self.deps.owner.clone(),
+            lease: self.deps.lease,
+        };
+        match self.deps.persistence.claim(claim).await? {
+            ClaimOutcome::Terminal(row) => {
+                return self.stop_without_writing(
+                    myself,
+                    row.status,
+                    row.output_data,
+                    row.error_message,
+                    Disposition::AlreadyTerminal,
+                );
+            }
+            ClaimOutcome::Held { owner, until } => {
+                return self.stop_without_writing(
+                    myself,
+                    RunStatus::Running,
+                    None,
+                    None,
+                    Disposition::HeldElsewhere { owner, until },
+                );
+            }
+            ClaimOutcome::Claimed { history, taken_over } => {
+                self.history = history.into_iter().map(|row| (row.id.clone(), row)).collect();
+                self.taken_over = taken_over;
+            }
+        }
+        let plan = document.and_then(|document| {
+            validate::validate(&document, self.deps.registry.as_ref()).map_err(|invalid| invalid.to_string())
+        });
+        let plan = match plan {
             Ok(plan) => plan,
             Err(error) => return self.conclude(myself, RunStatus::Failed, None, Some(error), None).await,
         };
         self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
-        let running = self.run_write(RunStatus::Running, None, None, None);
-        self.deps.persistence.write_and_report(running, self.run_event(RunStatus::Running, None)).await?;
+        self.deps.persistence.report(self.run_event(RunStatus::Running, None));
         let main_chain = plan.main_chain.clone();
         self.plan = Some(Arc::new(plan));
         let root = self.add_exec(
@@ -435,6 +512,69 @@ impl RunState {
         );
         self.advance_sequence(root);
         Ok(())
+    }
+
+    /// Ends this actor for a request it does not execute (the run ended before, or is held).
+    fn stop_without_writing(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<String>,
+        disposition: Disposition,
+    ) -> Result<(), ActorProcessingErr> {
+        self.done = true;
+        let _ = self.finished.set(RunOutcome { run_id: self.run_id.clone(), status, output, error, disposition });
+        myself.stop(None);
+        Ok(())
+    }
+
+    /// The id of attempt `attempt` of the call of `step_id` at `call_path`: deterministic, so a
+    /// successor finds the attempts an earlier owner recorded.
+    fn attempt_row_id(&self, call_path: &str, step_id: &str, attempt: u32) -> String {
+        let key = format!("{}\n{call_path}/{step_id}\n{attempt}", self.run_id);
+        Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()).to_string()
+    }
+
+    /// Before the first attempt of a call in a resumed run: reuses a completed attempt's output,
+    /// ends attempts a lost executor left RUNNING, and continues the attempt count. Returns the
+    /// output when the call need not be made again.
+    async fn recall(&mut self, id: ExecId) -> Result<Option<StepResult>, ActorProcessingErr> {
+        let (call_path, step_id) = (self.execs[id].ctx.call_path.clone(), self.execs[id].step_id.clone());
+        let mut attempts = 0;
+        let mut last_error = None;
+        loop {
+            let row_id = self.attempt_row_id(&call_path, &step_id, attempts + 1);
+            let Some(row) = self.history.remove(&row_id) else { break };
+            attempts += 1;
+            match row.status {
+                StepStatus::Completed => return Ok(Some(Ok(row.output_data.unwrap_or(Value::Null)))),
+                StepStatus::Running => {
+                    let message = "the executor running this call was lost".to_string();
+                    let end = AttemptEnd {
+                        id: row_id,
+                        status: StepStatus::Failed,
+                        output: None,
+                        error: Some(message.clone()),
+                        at: Self::now(),
+                    };
+                    self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
+                    last_error = Some(message);
+                }
+                _ => last_error = row.error_message,
+            }
+        }
+        let ExecKind::Agent(call) = &mut self.execs[id].kind else { unreachable!("an agent call") };
+        call.attempt = attempts;
+        let max_attempts = call.agent.retry_policy().max_attempts();
+        if attempts >= max_attempts {
+            let reason = format!("{} (attempt {attempts} of {max_attempts})", last_error.unwrap_or_default());
+            return Ok(Some(Err(step_failed(&step_id, call.agent.name(), reason))));
+        }
+        for _ in 0..attempts {
+            call.delays.next();
+        }
+        Ok(None)
     }
 
     fn add_exec(&mut self, parent: Option<ExecId>, step_id: String, ctx: Ctx, kind: ExecKind) -> ExecId {
@@ -666,14 +806,25 @@ impl RunState {
     }
 
     async fn start_attempt(&mut self, myself: &ActorRef<RunMsg>, id: ExecId) -> Result<(), ActorProcessingErr> {
+        let first_here = matches!(&self.execs[id].kind, ExecKind::Agent(call) if call.row_id.is_empty());
+        if first_here
+            && !self.history.is_empty()
+            && let Some(result) = self.recall(id).await?
+        {
+            self.queue.push_back(Action::Finish(id, result));
+            return Ok(());
+        }
+        let row_id = {
+            let exec = &self.execs[id];
+            let ExecKind::Agent(call) = &exec.kind else { unreachable!("an agent call") };
+            self.attempt_row_id(&exec.ctx.call_path, &exec.step_id, call.attempt + 1)
+        };
         let exec = &mut self.execs[id];
         let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
         call.attempt += 1;
         let attempt = call.attempt;
         let step_id = exec.step_id.clone();
         let ctx = exec.ctx.clone();
-        let key = format!("{}\n{}/{}\n{}", self.run_id, ctx.call_path, step_id, attempt);
-        let row_id = Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()).to_string();
         call.row_id = row_id.clone();
         let agent = call.agent.clone();
         let input = call.input.clone();
@@ -938,9 +1089,26 @@ impl RunState {
         cancelled_by: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         self.done = true;
+        if self.taken_over {
+            // Attempts the lost executor left RUNNING in parts of the plan this run did not revisit.
+            let lost = "the executor running this call was lost".to_string();
+            let abandon = WriteOp::AbandonAttempts {
+                run_id: self.run_id.clone(),
+                status: StepStatus::Failed,
+                message: lost,
+                at: Self::now(),
+            };
+            self.deps.persistence.write_later(abandon, None);
+        }
         let terminal = self.run_write(status, output.clone(), error.clone(), cancelled_by);
         self.deps.persistence.write_and_report(terminal, self.run_event(status, error.clone())).await?;
-        let _ = self.finished.set(RunOutcome { run_id: self.run_id.clone(), status, output, error });
+        let _ = self.finished.set(RunOutcome {
+            run_id: self.run_id.clone(),
+            status,
+            output,
+            error,
+            disposition: Disposition::Executed,
+        });
         myself.stop(None);
         Ok(())
     }
@@ -1039,7 +1207,8 @@ mod tests {
         assert_eq!(recorded.outcome.status, RunStatus::Completed, "{:?}", recorded.outcome.error);
         assert_eq!(recorded.outcome.output, Some(json!({"title": "About rust", "n": 2})));
         assert_attempts(&recorded, &[("a", 1, StepStatus::Completed), ("b", 1, StepStatus::Completed)]);
-        assert_eq!(recorded.run_statuses(), [RunStatus::Running, RunStatus::Completed]);
+        // RUNNING is the claim, made directly; the terminal status is a journaled write.
+        assert_eq!(recorded.run_statuses(), [RunStatus::Completed]);
         // One event per committed transition, in order: run RUNNING, 2 × (attempt RUNNING, COMPLETED), run COMPLETED.
         assert_eq!(recorded.events.len(), 6);
     }

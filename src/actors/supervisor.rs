@@ -16,8 +16,9 @@ use sea_orm::DatabaseConnection;
 use tokio::sync::oneshot;
 
 use super::events::Event;
+use super::persistence::LeaseState;
 use super::persistence::{PersistenceActor, PersistenceArgs, PersistenceHandle, RunWrite, WriteOp};
-use super::run::{RunActor, RunArgs, RunDeps, RunMsg, RunOutcome, RunRequest, Spawned};
+use super::run::{Disposition, RunActor, RunArgs, RunDeps, RunMsg, RunOutcome, RunRequest, Spawned};
 use crate::config::PersistenceConfig;
 use crate::kafka::messages::PlanSource;
 use crate::plan::validate;
@@ -37,6 +38,10 @@ pub enum SupervisorMsg {
     },
     /// How many runs are in flight.
     ActiveRuns(RpcReplyPort<usize>),
+    /// Time to renew this executor's leases.
+    RenewLeases,
+    /// What the renewal found about the runs in flight here.
+    LeaseReport(Vec<LeaseState>),
 }
 
 #[derive(Debug)]
@@ -45,6 +50,8 @@ struct ActiveRun {
     request: RunRequest,
     finished: Arc<OnceLock<RunOutcome>>,
     waiting: Vec<oneshot::Sender<RunOutcome>>,
+    /// Another executor took the run over (or ended it): this one stopped it without writing.
+    abandoned: Option<RunStatus>,
 }
 
 #[derive(Debug)]
@@ -55,6 +62,8 @@ pub struct RunSupervisorState {
     deps: Arc<RunDeps>,
     runs: HashMap<String, ActiveRun>,
     by_actor: HashMap<ActorId, String>,
+    /// A lease renewal is in flight; renewals do not pile up behind a slow database.
+    renewing: bool,
 }
 
 impl Actor for RunSupervisor {
@@ -67,7 +76,16 @@ impl Actor for RunSupervisor {
         _: ActorRef<SupervisorMsg>,
         deps: Arc<RunDeps>,
     ) -> Result<RunSupervisorState, ActorProcessingErr> {
-        Ok(RunSupervisorState { deps, runs: HashMap::new(), by_actor: HashMap::new() })
+        Ok(RunSupervisorState { deps, runs: HashMap::new(), by_actor: HashMap::new(), renewing: false })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        state: &mut RunSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(state.deps.lease / 3, || SupervisorMsg::RenewLeases);
+        Ok(())
     }
 
     async fn handle(
@@ -95,17 +113,60 @@ impl Actor for RunSupervisor {
                 }
                 state.by_actor.insert(actor.get_id(), request.run_id.clone());
                 let run_id = request.run_id.clone();
-                state
-                    .runs
-                    .insert(run_id, ActiveRun { actor, request, finished, waiting: on_done.into_iter().collect() });
+                let active =
+                    ActiveRun { actor, request, finished, waiting: on_done.into_iter().collect(), abandoned: None };
+                state.runs.insert(run_id, active);
             }
-            SupervisorMsg::Cancel { run_id, cancelled_by, reason } => {
-                if let Some(active) = state.runs.get(&run_id) {
+            SupervisorMsg::Cancel { run_id, cancelled_by, reason } => match state.runs.get(&run_id) {
+                Some(active) => {
                     let _ = active.actor.cast(RunMsg::Cancel { cancelled_by, reason });
                 }
-            }
+                // Not running here: record the cancellation. Whoever runs it sees it at its next
+                // lease renewal; a request that arrives later finds the run terminal.
+                None => cancel_elsewhere(&state.deps.persistence, run_id, cancelled_by, reason),
+            },
             SupervisorMsg::ActiveRuns(port) => {
                 let _ = port.send(state.runs.len());
+            }
+            SupervisorMsg::RenewLeases => {
+                if state.renewing {
+                    return Ok(());
+                }
+                state.renewing = true;
+                let persistence = state.deps.persistence.clone();
+                let owner = state.deps.owner.clone();
+                let lease = chrono::Duration::from_std(state.deps.lease).unwrap_or(chrono::Duration::seconds(15));
+                let runs: Vec<String> = state.runs.keys().cloned().collect();
+                tokio::spawn(async move {
+                    let until = chrono::Utc::now().naive_utc() + lease;
+                    let report = match persistence.renew_leases(&owner, until, runs).await {
+                        Ok(states) => states,
+                        Err(error) => {
+                            tracing::warn!(%error, "could not renew run leases; will try again");
+                            Vec::new()
+                        }
+                    };
+                    let _ = myself.cast(SupervisorMsg::LeaseReport(report));
+                });
+            }
+            SupervisorMsg::LeaseReport(states) => {
+                state.renewing = false;
+                for lease in states {
+                    let Some(active) = state.runs.get_mut(&lease.run_id) else { continue };
+                    if active.abandoned.is_some() || active.finished.get().is_some() {
+                        continue;
+                    }
+                    let ours = lease.owner.as_deref().is_none_or(|o| o == state.deps.owner);
+                    if lease.status == RunStatus::Cancelled {
+                        let reason = Some("cancelled elsewhere".to_string());
+                        let _ = active.actor.cast(RunMsg::Cancel { cancelled_by: None, reason });
+                    } else if !ours || lease.status.is_terminal() {
+                        tracing::warn!(run_id = %lease.run_id, owner = ?lease.owner, status = %lease.status,
+                            "run taken over by another executor; stopping it here");
+                        active.abandoned = Some(lease.status);
+                        active.actor.kill();
+                    }
+                }
             }
         }
         Ok(())
@@ -125,6 +186,13 @@ impl Actor for RunSupervisor {
         let Some(run_id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
         let Some(run) = state.runs.remove(&run_id) else { return Ok(()) };
         if let Some(outcome) = run.finished.get() {
+            for waiter in run.waiting {
+                let _ = waiter.send(outcome.clone());
+            }
+            return Ok(());
+        }
+        if let Some(status) = run.abandoned {
+            let outcome = RunOutcome { run_id, status, output: None, error: None, disposition: Disposition::Abandoned };
             for waiter in run.waiting {
                 let _ = waiter.send(outcome.clone());
             }
@@ -157,6 +225,7 @@ impl Actor for RunSupervisor {
             output: None,
             error: Some(message.clone()),
             cancelled_by: None,
+            owner: Some(state.deps.owner.clone()),
             at: now,
         }));
         // Not awaited here: the supervisor keeps serving other runs while the writes commit.
@@ -171,13 +240,46 @@ impl Actor for RunSupervisor {
             if let Err(error) = persistence.write_and_report(fail, event).await {
                 tracing::error!(%run_id, %error, "could not record the failure of a crashed run");
             }
-            let outcome = RunOutcome { run_id, status: RunStatus::Failed, output: None, error: Some(message) };
+            let outcome = RunOutcome {
+                run_id,
+                status: RunStatus::Failed,
+                output: None,
+                error: Some(message),
+                disposition: Disposition::Executed,
+            };
             for waiter in run.waiting {
                 let _ = waiter.send(outcome.clone());
             }
         });
         Ok(())
     }
+}
+
+/// Records the cancellation of a run this executor is not running: inserted CANCELLED if it has no
+/// row yet (the cancel arrived first), advanced to CANCELLED if it is not terminal, whoever owns it.
+fn cancel_elsewhere(
+    persistence: &PersistenceHandle,
+    run_id: String,
+    cancelled_by: Option<String>,
+    reason: Option<String>,
+) {
+    let error = format!("Cancelled: {}", reason.unwrap_or_else(|| "no reason given".into()));
+    let write = WriteOp::Run(Box::new(RunWrite {
+        run_id: run_id.clone(),
+        workflow_id: "unknown".into(),
+        workflow_name: "unknown".into(),
+        definition_id: None,
+        input: serde_json::json!({}),
+        triggered_by: None,
+        status: RunStatus::Cancelled,
+        output: None,
+        error: Some(error.clone()),
+        cancelled_by,
+        owner: None,
+        at: chrono::Utc::now().naive_utc(),
+    }));
+    let event = Event::Run { run_id, workflow_name: String::new(), status: RunStatus::Cancelled, error: Some(error) };
+    persistence.write_later(write, Some(event));
 }
 
 #[derive(Debug)]

@@ -10,7 +10,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::events::{ChannelSink, Event};
-use super::persistence::{AttemptEnd, AttemptStart, Journal, PersistMsg, PersistenceHandle, ReadRequest, WriteOp};
+use super::persistence::{
+    AttemptEnd, AttemptStart, ClaimOutcome, Journal, PersistMsg, PersistenceHandle, ReadRequest, WriteOp,
+};
 use super::run::{RunDeps, RunOutcome, RunRequest, Spawned};
 use super::supervisor::{RunSupervisor, SupervisorMsg};
 use crate::agents::AgentRegistry;
@@ -52,6 +54,16 @@ impl Actor for MemoryStore {
             }
             PersistMsg::Read(ReadRequest::Run(_, port)) => {
                 let _ = port.send(Ok(None));
+            }
+            // Every run is new to the in-memory store, and no lease is ever lost.
+            PersistMsg::Read(ReadRequest::Claim(_, port)) => {
+                let _ = port.send(Ok(ClaimOutcome::Claimed { history: Vec::new(), taken_over: false }));
+            }
+            PersistMsg::Read(ReadRequest::Renew { reply, .. }) => {
+                let _ = reply.send(Ok(Vec::new()));
+            }
+            PersistMsg::Read(ReadRequest::Release { reply, .. }) => {
+                let _ = reply.send(Ok(0));
             }
         }
         Ok(())
@@ -144,6 +156,8 @@ impl Harness {
         let (tap, spawned) = mpsc::unbounded_channel();
         let deps = Arc::new(RunDeps {
             persistence,
+            owner: "test-executor".into(),
+            lease: std::time::Duration::from_secs(15),
             registry: Arc::new(AgentRegistry::new(config, &[])),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: Some(tap),
