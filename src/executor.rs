@@ -105,15 +105,17 @@ impl Executor {
         self.submit(request)?.await.map_err(|_| ExecutorError::Stopped)
     }
 
-    pub fn cancel(
+    /// Cancels a run, here or wherever it runs, and waits until the cancellation is recorded.
+    pub async fn cancel_and_wait(
         &self,
         run_id: &str,
         cancelled_by: Option<String>,
         reason: Option<String>,
     ) -> Result<(), ExecutorError> {
-        self.runs
-            .cast(SupervisorMsg::Cancel { run_id: run_id.to_string(), cancelled_by, reason })
-            .map_err(|_| ExecutorError::Stopped)
+        let (done, recorded) = oneshot::channel();
+        let message = SupervisorMsg::Cancel { run_id: run_id.to_string(), cancelled_by, reason, done: Some(done) };
+        self.runs.cast(message).map_err(|_| ExecutorError::Stopped)?;
+        recorded.await.map_err(|_| ExecutorError::Stopped)
     }
 
     pub async fn active_runs(&self) -> Result<usize, ExecutorError> {

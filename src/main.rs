@@ -39,6 +39,22 @@ enum Command {
         #[arg(long, default_value = "{}")]
         input: String,
     },
+    /// Run an executor: join the consumer group and execute requests until SIGTERM or SIGINT.
+    Consume,
+    /// Publish an execution request for a plan; print its run_id.
+    Submit {
+        /// A workflow plan in the platform's JSON format.
+        plan: PathBuf,
+        /// The run's input: a JSON object, or @FILE to read it from a file.
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// The run_id to use (default: a new one).
+        #[arg(long)]
+        run_id: Option<String>,
+        /// Follow the run to its terminal status, print it, and exit 0 only if it COMPLETED.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +102,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(run_plan(&config, &plan, &input))
         }
+        Command::Consume => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(runvisor::kafka::ingress::consume(&config, termination()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { plan, input, run_id, wait } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(submit(&config, &plan, &input, run_id, wait))
+        }
         Command::Migrate => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(async {
@@ -131,4 +156,44 @@ async fn run_plan(config: &Config, path: &std::path::Path, input: &str) -> anyho
     print!("{}", runvisor::report::run_report(&run, &steps));
     executor.shutdown(config.shutdown_grace()).await;
     Ok(if outcome.status == entity::RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn submit(
+    config: &Config,
+    path: &std::path::Path,
+    input: &str,
+    run_id: Option<String>,
+    wait: bool,
+) -> anyhow::Result<ExitCode> {
+    if config.kafka.is_embedded() {
+        anyhow::bail!(
+            "submit needs a broker that other processes can reach: set kafka.brokers (RUNVISOR__KAFKA__BROKERS)"
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let plan: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let input = serde_json::Value::Object(read_input(input)?);
+    let run_id = run_id.unwrap_or_else(|| format!("run-{}", uuid::Uuid::now_v7()));
+    let message = runvisor::kafka::messages::ExecutionRequestMessage::inline(&run_id, plan, input);
+    runvisor::kafka::producer::submit(&config.kafka, &message).await?;
+    println!("{run_id}");
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let db = runvisor::db::connect(&config.database).await?;
+    let (run, steps) = runvisor::report::wait_for_run(&db, &run_id).await?;
+    print!("{}", runvisor::report::run_report(&run, &steps));
+    Ok(if run.status == entity::RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -2,7 +2,10 @@
 
 use std::fmt::Write;
 
+use std::time::Duration;
+
 use entity::{step_execution, workflow_run};
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
 /// The run's status, output or error, and a table of its attempts in the order they started.
 pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model]) -> String {
@@ -61,4 +64,22 @@ pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model]) ->
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// Polls the database until `run_id` is terminal (`runvisor submit --wait`, a separate process
+/// from any executor), then returns it with its attempts.
+pub async fn wait_for_run(
+    db: &DatabaseConnection,
+    run_id: &str,
+) -> Result<(workflow_run::Model, Vec<step_execution::Model>), DbErr> {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        every.tick().await;
+        if let Some(run) = workflow_run::Entity::find_by_id(run_id).one(db).await?
+            && run.status.is_terminal()
+        {
+            let steps = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
+            return Ok((run, steps));
+        }
+    }
 }

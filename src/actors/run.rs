@@ -282,6 +282,7 @@ impl Actor for RunActor {
                 }
             }
             PlanSource::Definition(id) => RunMeta { workflow_id: id.to_string(), workflow_name: "unknown".into() },
+            PlanSource::Unusable(_) => RunMeta { workflow_id: "unknown".into(), workflow_name: "unknown".into() },
         };
         Ok(RunState {
             run_id: args.request.run_id.clone(),
@@ -453,6 +454,7 @@ impl RunState {
                 Ok(None) => Err(format!("workflow_definition_id '{id}' does not exist")),
                 Err(e) => Err(format!("cannot load workflow definition '{id}': {e}")),
             },
+            PlanSource::Unusable(reason) => Err(reason.clone()),
         }
     }
 
@@ -1507,6 +1509,7 @@ mod tests {
                 run_id: "run-c".into(),
                 cancelled_by: Some("ops".into()),
                 reason: Some("not needed".into()),
+                done: None,
             })
             .unwrap();
         let outcome = done.await.unwrap();

@@ -27,15 +27,9 @@ use crate::plan::validate;
 pub enum SupervisorMsg {
     /// Execute a run; `on_done` hears its outcome once it is committed. A run_id already executing
     /// here is not started twice: the caller just waits for the running one.
-    StartRun {
-        request: RunRequest,
-        on_done: Option<oneshot::Sender<RunOutcome>>,
-    },
-    Cancel {
-        run_id: String,
-        cancelled_by: Option<String>,
-        reason: Option<String>,
-    },
+    StartRun { request: RunRequest, on_done: Option<oneshot::Sender<RunOutcome>> },
+    /// Cancel a run; `done` hears once the cancellation is recorded (or handed to its RunActor).
+    Cancel { run_id: String, cancelled_by: Option<String>, reason: Option<String>, done: Option<oneshot::Sender<()>> },
     /// How many runs are in flight.
     ActiveRuns(RpcReplyPort<usize>),
     /// Time to renew this executor's leases.
@@ -117,13 +111,25 @@ impl Actor for RunSupervisor {
                     ActiveRun { actor, request, finished, waiting: on_done.into_iter().collect(), abandoned: None };
                 state.runs.insert(run_id, active);
             }
-            SupervisorMsg::Cancel { run_id, cancelled_by, reason } => match state.runs.get(&run_id) {
+            SupervisorMsg::Cancel { run_id, cancelled_by, reason, done } => match state.runs.get(&run_id) {
                 Some(active) => {
                     let _ = active.actor.cast(RunMsg::Cancel { cancelled_by, reason });
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
                 }
                 // Not running here: record the cancellation. Whoever runs it sees it at its next
                 // lease renewal; a request that arrives later finds the run terminal.
-                None => cancel_elsewhere(&state.deps.persistence, run_id, cancelled_by, reason),
+                None => {
+                    let persistence = state.deps.persistence.clone();
+                    tokio::spawn(async move {
+                        if cancel_elsewhere(&persistence, run_id, cancelled_by, reason).await.is_ok()
+                            && let Some(done) = done
+                        {
+                            let _ = done.send(());
+                        }
+                    });
+                }
             },
             SupervisorMsg::ActiveRuns(port) => {
                 let _ = port.send(state.runs.len());
@@ -207,6 +213,7 @@ impl Actor for RunSupervisor {
         let (workflow_id, workflow_name) = match &run.request.plan {
             PlanSource::Inline(document) => validate::identity(document),
             PlanSource::Definition(id) => (Some(id.to_string()), None),
+            PlanSource::Unusable(_) => (None, None),
         };
         let abandon = WriteOp::AbandonAttempts {
             run_id: run_id.clone(),
@@ -257,12 +264,12 @@ impl Actor for RunSupervisor {
 
 /// Records the cancellation of a run this executor is not running: inserted CANCELLED if it has no
 /// row yet (the cancel arrived first), advanced to CANCELLED if it is not terminal, whoever owns it.
-fn cancel_elsewhere(
+async fn cancel_elsewhere(
     persistence: &PersistenceHandle,
     run_id: String,
     cancelled_by: Option<String>,
     reason: Option<String>,
-) {
+) -> Result<(), super::persistence::PersistError> {
     let error = format!("Cancelled: {}", reason.unwrap_or_else(|| "no reason given".into()));
     let write = WriteOp::Run(Box::new(RunWrite {
         run_id: run_id.clone(),
@@ -279,7 +286,7 @@ fn cancel_elsewhere(
         at: chrono::Utc::now().naive_utc(),
     }));
     let event = Event::Run { run_id, workflow_name: String::new(), status: RunStatus::Cancelled, error: Some(error) };
-    persistence.write_later(write, Some(event));
+    persistence.write_and_report(write, event).await
 }
 
 #[derive(Debug)]

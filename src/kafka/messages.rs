@@ -40,6 +40,8 @@ pub enum PlanSource {
     Inline(Value),
     /// `workflow_definition_id`: a row of `workflow_definitions`.
     Definition(Uuid),
+    /// The request names a run but cannot be executed; the run ends FAILED with this reason.
+    Unusable(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,78 @@
+//! What runvisor writes to Kafka: monitoring updates, rejected requests, and submitted requests.
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use super::Broker;
+use crate::actors::events::{Event, EventSink};
+use crate::config::KafkaConfig;
+
+/// A producer tuned for small messages that should leave at once.
+pub fn producer(broker: &Broker, config: &KafkaConfig) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+    broker.client_config(config).set("linger.ms", "1").set("acks", "all").set("message.timeout.ms", "30000").create()
+}
+
+/// Publishes every event as a monitoring update (CONTRACT.md §6), keyed by run_id. Sends are
+/// queued in librdkafka and retried there; the executor never waits for them.
+pub struct MonitoringSink {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for MonitoringSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MonitoringSink").field("topic", &self.topic).finish()
+    }
+}
+
+impl MonitoringSink {
+    pub fn new(producer: FutureProducer, topic: String) -> Self {
+        Self { producer, topic }
+    }
+}
+
+impl EventSink for MonitoringSink {
+    fn emit(&self, event: Event) {
+        let update = event.to_update();
+        let Ok(payload) = serde_json::to_vec(&update) else { return };
+        let record = FutureRecord::to(&self.topic).key(update.run_id.as_str()).payload(&payload);
+        if let Err((error, _)) = self.producer.send_result(record) {
+            tracing::warn!(%error, run_id = %update.run_id, "monitoring update dropped");
+        }
+    }
+}
+
+/// Sends a rejected message to the dead-letter topic with its reason, retrying (with backoff, for
+/// as long as it takes) until the broker has it: the request's offset is committed only after.
+pub async fn dead_letter(producer: &FutureProducer, topic: &str, key: Option<&[u8]>, payload: &[u8], reason: &str) {
+    let send = || async {
+        let headers = OwnedHeaders::new().insert(Header { key: "error", value: Some(reason) });
+        let mut record = FutureRecord::to(topic).payload(payload).headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        producer.send(record, Duration::from_secs(10)).await.map_err(|(error, _)| error)
+    };
+    let delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times();
+    let _ = send
+        .retry(delays)
+        .notify(|error, _| tracing::warn!(%error, "cannot write to the dead-letter topic yet; retrying"))
+        .await;
+}
+
+/// Publishes one execution request and waits until the broker has it (`runvisor submit`).
+pub async fn submit(config: &KafkaConfig, message: &super::messages::ExecutionRequestMessage) -> anyhow::Result<()> {
+    let broker = Broker::start(config)?;
+    let producer = producer(&broker, config)?;
+    let payload = serde_json::to_vec(message)?;
+    let record = FutureRecord::to(&config.requests_topic).key(message.run_id.as_str()).payload(&payload);
+    producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    Ok(())
+}
