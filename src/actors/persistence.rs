@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use chrono::NaiveDateTime;
 use entity::{RunStatus, StepStatus, agent, step_execution, workflow_definition, workflow_run};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -519,6 +519,16 @@ fn acknowledge(journal: &Journal, count: usize, result: Result<(), PersistError>
     }
 }
 
+/// Retries of a request that met a passing error (SQLite reports a read that turns into a write
+/// while another connection writes as BUSY at once, without waiting).
+fn contention_delays() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(5))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(30)
+        .with_jitter()
+}
+
 fn retry_delays() -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(20))
@@ -694,10 +704,12 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
             let _ = port.send(result);
         }
         ReadRequest::Claim(claim, port) => {
-            let _ = port.send(claim_run(db, &claim).await.map_err(read_error));
+            let claimed = (|| claim_run(db, &claim)).retry(contention_delays()).when(is_transient).await;
+            let _ = port.send(claimed.map_err(read_error));
         }
         ReadRequest::Renew { owner, until, runs, reply } => {
-            let _ = reply.send(renew(db, &owner, until, &runs).await.map_err(read_error));
+            let renewed = (|| renew(db, &owner, until, &runs)).retry(contention_delays()).when(is_transient).await;
+            let _ = reply.send(renewed.map_err(read_error));
         }
         ReadRequest::Release { owner, reply } => {
             use workflow_run::Column as C;

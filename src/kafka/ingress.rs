@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::message::Message;
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use super::messages::{PlanSource, Request, decode_request};
 use super::offsets::PartitionOffsets;
@@ -37,6 +37,10 @@ use super::producer::dead_letter;
 use crate::actors::run::{Disposition, RunOutcome, RunRequest};
 use crate::config::Config;
 use crate::executor::Executor;
+
+/// How often a member without partitions rejoins its group: longer than a session timeout, so a
+/// dead member has been noticed by then.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(15);
 
 /// A partition: (topic, partition).
 type PartitionKey = (String, i32);
@@ -76,6 +80,8 @@ pub enum IngressMsg {
     /// Stop taking records; answer once no run is in flight (or never, if some stay stuck).
     Drain(RpcReplyPort<()>),
     InFlight(RpcReplyPort<usize>),
+    /// Periodic: a member with no partitions asks the group again (see [`IngressMsg`] handling).
+    CheckAssignment,
 }
 
 /// Hands rebalances to the ingress actor, and commits before partitions move away.
@@ -125,7 +131,12 @@ pub type IngressConsumer = StreamConsumer<IngressContext>;
 pub struct IngressActor;
 
 pub struct IngressArgs {
-    pub consumer: Arc<IngressConsumer>,
+    /// Member of `kafka.group_id` on the requests topic: the executors share its partitions.
+    pub requests: Arc<IngressConsumer>,
+    /// Member of `<group_id>.cancellations` on the cancellations topic: in a group of its own so
+    /// that each topic's partitions are balanced on their own (a sticky assignor balancing both
+    /// topics together may give one executor every request partition).
+    pub cancellations: Arc<IngressConsumer>,
     pub producer: FutureProducer,
     pub executor: Arc<Executor>,
     pub config: Config,
@@ -171,7 +182,9 @@ impl Actor for IngressActor {
         myself: ActorRef<IngressMsg>,
         args: IngressArgs,
     ) -> Result<IngressState, ActorProcessingErr> {
-        *args.consumer.context().ingress.lock().unwrap_or_else(|p| p.into_inner()) = Some(myself);
+        for consumer in [&args.requests, &args.cancellations] {
+            *consumer.context().ingress.lock().unwrap_or_else(|p| p.into_inner()) = Some(myself.clone());
+        }
         Ok(IngressState {
             args,
             partitions: HashMap::new(),
@@ -181,6 +194,11 @@ impl Actor for IngressActor {
             paused: false,
             draining: None,
         })
+    }
+
+    async fn post_start(&self, myself: ActorRef<IngressMsg>, _: &mut IngressState) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(ASSIGNMENT_CHECK, || IngressMsg::CheckAssignment);
+        Ok(())
     }
 
     async fn handle(
@@ -233,6 +251,7 @@ impl Actor for IngressActor {
                 }
             }
             IngressMsg::Assigned(keys) => {
+                tracing::info!(partitions = ?keys, "partitions assigned");
                 for key in keys {
                     state.generations += 1;
                     let generation = state.generations;
@@ -243,6 +262,7 @@ impl Actor for IngressActor {
                 }
             }
             IngressMsg::Revoked(keys) => {
+                tracing::info!(partitions = ?keys, "partitions revoked");
                 for key in &keys {
                     state.partitions.remove(key);
                 }
@@ -257,6 +277,28 @@ impl Actor for IngressActor {
             }
             IngressMsg::InFlight(reply) => {
                 let _ = reply.send(state.runs_in_flight);
+            }
+            IngressMsg::CheckAssignment => {
+                // A coordinator may keep a dead member's partitions assigned to it after its
+                // session expired (seen with tansu when a member dies right after a rebalance),
+                // leaving the live members idle. A member without partitions rejoins, which makes
+                // the coordinator rebalance without the dead member. (In a group with more
+                // executors than partitions this costs one rebalance per check: keep
+                // kafka.topic_partitions at or above the number of executors.)
+                let kafka = &state.args.config.kafka;
+                for (consumer, topic) in [
+                    (&state.args.requests, &kafka.requests_topic),
+                    (&state.args.cancellations, &kafka.cancellations_topic),
+                ] {
+                    let idle = consumer.assignment().is_ok_and(|a| a.count() == 0);
+                    if idle && state.draining.is_none() {
+                        tracing::info!(%topic, "no partitions assigned; rejoining the group");
+                        consumer.unsubscribe();
+                        if let Err(error) = consumer.subscribe(&[topic]) {
+                            tracing::warn!(%error, "cannot rejoin the group");
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -342,7 +384,7 @@ impl IngressState {
         if let Some(point) = partition.offsets.finish(offset) {
             let mut list = TopicPartitionList::new();
             if list.add_partition_offset(&key.0, key.1, Offset::Offset(point)).is_ok()
-                && let Err(error) = self.args.consumer.store_offsets(&list)
+                && let Err(error) = self.consumer_of(&key.0).store_offsets(&list)
             {
                 // The partition may have moved meanwhile; its next owner re-reads from the last commit.
                 tracing::debug!(%error, topic = %key.0, partition = key.1, "offset not stored");
@@ -364,9 +406,15 @@ impl IngressState {
         }
     }
 
+    fn consumer_of(&self, topic: &str) -> &IngressConsumer {
+        if topic == self.args.config.kafka.cancellations_topic { &self.args.cancellations } else { &self.args.requests }
+    }
+
+    /// Pauses or resumes the request partitions (cancellations keep flowing: they free slots).
     fn pause(&mut self, pause: bool) {
-        let Ok(assignment) = self.args.consumer.assignment() else { return };
-        let result = if pause { self.args.consumer.pause(&assignment) } else { self.args.consumer.resume(&assignment) };
+        let consumer = &self.args.requests;
+        let Ok(assignment) = consumer.assignment() else { return };
+        let result = if pause { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
         if let Err(error) = result {
             tracing::warn!(%error, pause, "cannot pause or resume partitions");
         }
@@ -383,12 +431,16 @@ impl IngressState {
 }
 
 /// The consumer of a group member: auto-commit of *stored* offsets only.
-pub fn consumer(broker: &super::Broker, config: &Config) -> Result<IngressConsumer, rdkafka::error::KafkaError> {
+pub fn consumer(
+    broker: &super::Broker,
+    config: &Config,
+    group_id: &str,
+) -> Result<IngressConsumer, rdkafka::error::KafkaError> {
     let kafka = &config.kafka;
     let session_timeout = if broker.is_embedded() { "6000" } else { "10000" };
     let mut client = broker.client_config(kafka);
     client
-        .set("group.id", &kafka.group_id)
+        .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
@@ -399,11 +451,11 @@ pub fn consumer(broker: &super::Broker, config: &Config) -> Result<IngressConsum
     client.create_with_context(IngressContext { ingress: Mutex::new(None) })
 }
 
-/// Receives records and hands them to the ingress actor until `stop` is notified.
-pub async fn poll_loop(consumer: Arc<IngressConsumer>, ingress: ActorRef<IngressMsg>, stop: Arc<Notify>) {
+/// Receives records and hands them to the ingress actor until `stop` turns true.
+pub async fn poll_loop(consumer: Arc<IngressConsumer>, ingress: ActorRef<IngressMsg>, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            _ = stop.notified() => return,
+            _ = stop.wait_for(|stop| *stop) => return,
             received = consumer.recv() => match received {
                 Ok(message) => {
                     let record = Record {
@@ -423,13 +475,13 @@ pub async fn poll_loop(consumer: Arc<IngressConsumer>, ingress: ActorRef<Ingress
     }
 }
 
-/// A running consumer-group member: ingress actor, poll loop and executor.
+/// A running consumer-group member: ingress actor, poll loops and executor.
 pub struct GroupMember {
     pub executor: Arc<Executor>,
     pub ingress: ActorRef<IngressMsg>,
-    consumer: Arc<IngressConsumer>,
-    stop: Arc<Notify>,
-    poll: tokio::task::JoinHandle<()>,
+    consumers: [Arc<IngressConsumer>; 2],
+    stop: watch::Sender<bool>,
+    polls: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for GroupMember {
@@ -439,26 +491,33 @@ impl std::fmt::Debug for GroupMember {
 }
 
 impl GroupMember {
-    /// Joins the group and starts taking requests.
+    /// Joins the groups and starts taking requests.
     pub async fn start(
         broker: &super::Broker,
         config: &Config,
         executor: Arc<Executor>,
     ) -> anyhow::Result<GroupMember> {
-        broker.ensure_topics(&config.kafka).await?;
-        let consumer = Arc::new(consumer(broker, config)?);
-        consumer.subscribe(&[&config.kafka.requests_topic, &config.kafka.cancellations_topic])?;
-        let producer = super::producer::producer(broker, &config.kafka)?;
+        let kafka = &config.kafka;
+        broker.ensure_topics(kafka).await?;
+        let requests = Arc::new(consumer(broker, config, &kafka.group_id)?);
+        requests.subscribe(&[&kafka.requests_topic])?;
+        let cancellations = Arc::new(consumer(broker, config, &format!("{}.cancellations", kafka.group_id))?);
+        cancellations.subscribe(&[&kafka.cancellations_topic])?;
+        let producer = super::producer::producer(broker, kafka)?;
         let args = IngressArgs {
-            consumer: Arc::clone(&consumer),
+            requests: Arc::clone(&requests),
+            cancellations: Arc::clone(&cancellations),
             producer,
             executor: Arc::clone(&executor),
             config: config.clone(),
         };
         let (ingress, _) = Actor::spawn(None, IngressActor, args).await?;
-        let stop = Arc::new(Notify::new());
-        let poll = tokio::spawn(poll_loop(Arc::clone(&consumer), ingress.clone(), Arc::clone(&stop)));
-        Ok(GroupMember { executor, ingress, consumer, stop, poll })
+        let stop = watch::Sender::new(false);
+        let polls = [&requests, &cancellations]
+            .into_iter()
+            .map(|c| tokio::spawn(poll_loop(Arc::clone(c), ingress.clone(), stop.subscribe())))
+            .collect();
+        Ok(GroupMember { executor, ingress, consumers: [requests, cancellations], stop, polls })
     }
 
     pub async fn runs_in_flight(&self) -> usize {
@@ -476,12 +535,16 @@ impl GroupMember {
                 "runs still in flight after the grace period; they resume elsewhere"
             );
         }
-        self.stop.notify_one();
-        let _ = self.poll.await;
-        if let Err(error) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::debug!(%error, "final commit");
+        self.stop.send_replace(true);
+        for poll in self.polls {
+            let _ = poll.await;
         }
-        self.consumer.unsubscribe();
+        for consumer in &self.consumers {
+            if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(%error, "final commit");
+            }
+            consumer.unsubscribe();
+        }
         self.ingress.stop(None);
         match Arc::try_unwrap(self.executor) {
             Ok(executor) => executor.shutdown(grace).await,

@@ -7,10 +7,19 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-
+use runvisor::Config;
+use runvisor::actors::events::{ChannelSink, Event};
+use runvisor::actors::run::{RunRequest, Spawned};
 use runvisor::config::DatabaseConfig;
+use runvisor::config::RetryPolicy;
+use runvisor::executor::{Executor, ExecutorOptions};
+use runvisor::kafka::messages::PlanSource;
+use sea_orm::FromQueryResult;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -93,8 +102,6 @@ impl TestDb {
     }
 }
 
-use sea_orm::FromQueryResult;
-
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Cleanup::Postgres { admin_url, name } = &self.cleanup {
@@ -112,16 +119,6 @@ impl Drop for TestDb {
         }
     }
 }
-
-use std::sync::Arc;
-
-use runvisor::Config;
-use runvisor::actors::events::{ChannelSink, Event};
-use runvisor::actors::run::{RunRequest, Spawned};
-use runvisor::config::RetryPolicy;
-use runvisor::executor::{Executor, ExecutorOptions};
-use runvisor::kafka::messages::PlanSource;
-use tokio::sync::mpsc;
 
 /// Defaults with retries fast enough for tests.
 pub fn test_config() -> Config {
@@ -165,4 +162,132 @@ pub fn plan(start: &str, steps: serde_json::Value) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({"name": "test-plan", "start_step": start, "steps": steps})
+}
+
+/// A tansu broker process of one test, on a free port, storing in SQLite in its own directory.
+/// Found at `RUNVISOR_TEST_TANSU`, else on PATH or in ~/.cargo/bin; `.ci/run` installs it.
+pub struct Tansu {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("RUNVISOR_TEST_TANSU") {
+        return PathBuf::from(path);
+    }
+    let in_cargo_bin = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")).ok();
+    match in_cargo_bin.filter(|p| p.exists()) {
+        Some(path) => path,
+        None => PathBuf::from("tansu"),
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Tansu {
+    pub async fn start() -> Tansu {
+        let mut tansu = Tansu { port: free_port(), dir: tempfile::tempdir().unwrap(), process: None };
+        tansu.launch().await;
+        tansu
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).unwrap();
+        let child = std::process::Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("tansu is required (cargo install tansu --version 0.6.0 --locked --no-default-features --features libsql): {e}")
+            });
+        self.process = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "tansu did not start listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port and storage.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.launch().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `runvisor consume` process: one executor of a consumer group.
+pub struct ExecutorProcess {
+    child: std::process::Child,
+    pub name: String,
+}
+
+impl ExecutorProcess {
+    /// Starts `runvisor consume` against `brokers` and `database_url` in consumer group `group`.
+    pub fn start(
+        name: &str,
+        brokers: &str,
+        database_url: &str,
+        group: &str,
+        extra_env: &[(&str, &str)],
+    ) -> ExecutorProcess {
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("runvisor-{group}-{name}.log"))).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runvisor"));
+        command
+            .arg("consume")
+            .env("RUNVISOR__KAFKA__BROKERS", brokers)
+            .env("RUNVISOR__DATABASE__URL", database_url)
+            .env("RUNVISOR__KAFKA__GROUP_ID", group)
+            .env("RUNVISOR__KAFKA__TOPIC_PARTITIONS", "4")
+            .env("RUNVISOR__EXECUTOR__LEASE_MS", "3000")
+            .env("RUNVISOR__EXECUTOR__OWNER_ID", format!("{group}-{name}"))
+            .env("RUST_LOG", "info,sqlx=warn,librdkafka=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        ExecutorProcess { child: command.spawn().expect("runvisor consume starts"), name: name.into() }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,261 @@
+//! Delivery guarantees with real processes: `runvisor consume` executors against a tansu broker
+//! and PostgreSQL, killed with SIGKILL, stopped with SIGTERM, and run side by side.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{ExecutorProcess, Tansu, TestDb, plan};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use runvisor::config::Config;
+use runvisor::kafka::Broker;
+use runvisor::kafka::messages::ExecutionRequestMessage;
+use serde_json::{Value, json};
+
+/// These tests start several processes each; one at a time keeps them within two cores.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Three slow steps, so that executors die in the middle of runs.
+fn slow_plan(ms: u64) -> Value {
+    plan(
+        "a",
+        json!({
+            "a": {"agent_name": "sleep", "input_mapping": {"ms": ms, "n": "${workflow.input.n}"}, "next_step": "b"},
+            "b": {"agent_name": "sleep", "input_mapping": {"ms": ms, "n": "${a.output.n}"}, "next_step": "c"},
+            "c": {"agent_name": "sleep", "input_mapping": {"ms": ms, "n": "${b.output.n}"}}
+        }),
+    )
+}
+
+struct Setup {
+    tansu: Tansu,
+    db: TestDb,
+    group: String,
+    producer: FutureProducer,
+    topic: String,
+    _broker: Broker,
+}
+
+async fn setup() -> Setup {
+    let tansu = Tansu::start().await;
+    let db = TestDb::postgres().await.migrated().await;
+    let mut config = Config::defaults();
+    config.kafka.brokers = tansu.brokers();
+    config.kafka.topic_partitions = 4;
+    let broker = Broker::start(&config.kafka).unwrap();
+    broker.ensure_topics(&config.kafka).await.expect("topics on tansu");
+    let producer = runvisor::kafka::producer::producer(&broker, &config.kafka).unwrap();
+    let group = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    Setup { tansu, db, group, producer, topic: config.kafka.requests_topic, _broker: broker }
+}
+
+impl Setup {
+    async fn publish(&self, prefix: &str, count: usize, ms: u64) -> Vec<String> {
+        self.publish_range(prefix, 0..count, ms).await
+    }
+
+    async fn publish_range(&self, prefix: &str, range: std::ops::Range<usize>, ms: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for n in range {
+            let run_id = format!("{prefix}-{n}");
+            let message = ExecutionRequestMessage::inline(&run_id, slow_plan(ms), json!({"n": n}));
+            let payload = serde_json::to_vec(&message).unwrap();
+            self.producer
+                .send(FutureRecord::to(&self.topic).key(&run_id).payload(&payload), Duration::from_secs(10))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("published");
+            ids.push(run_id);
+        }
+        ids
+    }
+
+    fn executor(&self, name: &str) -> ExecutorProcess {
+        ExecutorProcess::start(name, &self.tansu.brokers(), &self.db.config.url, &self.group, &[])
+    }
+
+    async fn number(&self, sql: &str) -> i64 {
+        let rows = self.db.query(&format!("SELECT ({sql})::bigint AS n")).await;
+        rows[0]["n"].as_i64().unwrap()
+    }
+
+    /// Waits until `sql` (a count) reaches `at_least`; the processes under test are observed
+    /// through the database they write.
+    async fn wait_for(&self, what: &str, sql: &str, at_least: i64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let n = self.number(sql).await;
+            if n >= at_least {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {n} of {at_least}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every run COMPLETED with the right output, no attempt RUNNING, and no call made again
+    /// after it completed.
+    async fn assert_all_completed_once(&self, run_ids: &[String]) {
+        let runs = self.db.query("SELECT run_id, status, output_data FROM workflow_runs").await;
+        let runs: HashMap<String, &Value> =
+            runs.iter().map(|r| (r["run_id"].as_str().unwrap().to_string(), r)).collect();
+        for (n, run_id) in run_ids.iter().enumerate() {
+            let run = runs.get(run_id).unwrap_or_else(|| panic!("{run_id} has no row"));
+            assert_eq!(run["status"], "COMPLETED", "{run_id}");
+            assert_eq!(run["output_data"]["n"], json!(n), "{run_id}");
+        }
+        let running = self.number("SELECT count(*) FROM step_executions WHERE status = 'RUNNING'").await;
+        assert_eq!(running, 0, "attempts left RUNNING");
+        let twice = self
+            .db
+            .query(
+                "SELECT run_id, step_id, count(*) AS n FROM step_executions WHERE status = 'COMPLETED' \
+                 GROUP BY run_id, step_id HAVING count(*) > 1",
+            )
+            .await;
+        assert!(twice.is_empty(), "calls completed more than once: {twice:?}");
+        let after = self
+            .db
+            .query(
+                "SELECT s.run_id, s.step_id, s.attempt FROM step_executions s JOIN step_executions c \
+                 ON c.run_id = s.run_id AND c.step_id = s.step_id AND c.status = 'COMPLETED' AND s.attempt > c.attempt",
+            )
+            .await;
+        assert!(after.is_empty(), "calls made again after they completed: {after:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_killed_mid_run_twice_lose_and_repeat_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let setup = setup().await;
+    // Published while no executor runs: they wait in Kafka.
+    let runs = setup.publish("crash", 50, 300).await;
+
+    let first = setup.executor("first");
+    setup
+        .wait_for(
+            "first completed attempts",
+            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+    first.kill();
+    let completed_before = setup.number("SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'").await;
+
+    let second = setup.executor("second");
+    setup
+        .wait_for(
+            "progress after the first restart",
+            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
+            completed_before + 10,
+            Duration::from_secs(60),
+        )
+        .await;
+    second.kill();
+
+    let _third = setup.executor("third");
+    setup
+        .wait_for(
+            "every run to complete",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
+            50,
+            Duration::from_secs(120),
+        )
+        .await;
+    setup.assert_all_completed_once(&runs).await;
+    let lost = setup
+        .number("SELECT count(*) FROM step_executions WHERE error_message = 'the executor running this call was lost'")
+        .await;
+    assert!(lost > 0, "calls in flight at a kill end FAILED, saying the executor was lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "tansu 0.6.0 keeps a SIGKILLed member in its group's member list, so the survivors' \
+            assignments leave the dead member's partitions unconsumed; see the README's known issues"]
+async fn two_executors_share_the_work_and_a_killed_ones_runs_finish_elsewhere() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let setup = setup().await;
+    let left = setup.executor("left");
+    let right = setup.executor("right");
+    // A steady stream of work, so both members have runs once the group has settled.
+    let mut runs = Vec::new();
+    for batch in 0..8 {
+        runs.extend(setup.publish_range("pair", batch * 10..batch * 10 + 10, 200).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let right_owner = format!("{}-right", setup.group);
+    let left_owner = format!("{}-left", setup.group);
+    setup
+        .wait_for(
+            "runs on the right executor",
+            &format!("SELECT count(*) FROM workflow_runs WHERE owner_id = '{right_owner}' AND status = 'RUNNING'"),
+            1,
+            Duration::from_secs(60),
+        )
+        .await;
+    let taken = setup.number(&format!("SELECT count(*) FROM workflow_runs WHERE owner_id = '{right_owner}'")).await;
+    right.kill();
+    // tansu 0.6.0 keeps a dead member's partitions assigned to it until a member joins (see the
+    // README), so a replacement joins, as an orchestrator would start one.
+    let _replacement = setup.executor("replacement");
+    setup
+        .wait_for(
+            "every run to complete",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
+            80,
+            Duration::from_secs(120),
+        )
+        .await;
+    setup.assert_all_completed_once(&runs).await;
+    let finished_by_left = setup
+        .number(&format!("SELECT count(*) FROM workflow_runs WHERE owner_id = '{left_owner}' AND status = 'COMPLETED'"))
+        .await;
+    let left_on_right =
+        setup.number(&format!("SELECT count(*) FROM workflow_runs WHERE owner_id = '{right_owner}'")).await;
+    assert!(taken > 0 && finished_by_left > 0, "right had {taken} runs; left finished {finished_by_left}");
+    assert_eq!(left_on_right, 0, "every run the killed executor held was taken over and finished elsewhere");
+    drop(left);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_runs_in_flight_and_exits_zero() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let setup = setup().await;
+    let runs = setup.publish("drain", 10, 300).await;
+    let executor = setup.executor("draining");
+    setup
+        .wait_for(
+            "runs in flight",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'RUNNING'",
+            5,
+            Duration::from_secs(60),
+        )
+        .await;
+    let in_flight: Vec<String> = setup
+        .db
+        .query("SELECT run_id FROM workflow_runs WHERE status = 'RUNNING'")
+        .await
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    let status = tokio::task::spawn_blocking(move || executor.terminate()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+    for run_id in &in_flight {
+        let rows = setup.db.query(&format!("SELECT status FROM workflow_runs WHERE run_id = '{run_id}'")).await;
+        assert_eq!(rows[0]["status"], "COMPLETED", "{run_id} was in flight at SIGTERM and must have finished");
+    }
+    // Whatever had not started is still in Kafka for the next executor.
+    let _next = setup.executor("next");
+    setup
+        .wait_for(
+            "every run to complete",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
+            10,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup.assert_all_completed_once(&runs).await;
+}
