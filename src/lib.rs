@@ -10,19 +10,22 @@
 //! The supervision tree, as the design fixes it (DEVELOPERS.md):
 //!
 //! ```text
-//! ingress actor (Kafka consumer group member)
-//!   └─ run supervisor
+//! ingress actor (Kafka consumer group member; a poll loop task feeds it)
+//!   └─ dispatches to ─ run supervisor (renews the leases of its runs)
 //!        └─ RunActor, one per run ─ walks the plan
 //!             └─ StepActor, one per agent call attempt (linked; a crash is a failed attempt)
 //! persistence actor ─ the only code that writes the database, batching writes into transactions
 //! ```
 //!
-//! The path of a request: bytes on `workflow.execution.requests` → [`kafka::messages`] decodes them
-//! (undecodable ones go to the dead-letter topic) → the plan is checked by [`plan::validate`] → a
-//! RunActor resolves each step's input ([`plan::mapping`]), evaluates conditions
-//! ([`plan::condition`]) and spawns StepActors for agent calls → every transition is written by
-//! the persistence actor into the tables of the `entity` crate → the offset is committed once the
-//! run is terminal.
+//! The path of a request: a poll loop hands bytes on `workflow.execution.requests` to the ingress
+//! actor ([`kafka::ingress`]) → [`kafka::messages`] decodes them (undecodable ones go to the
+//! dead-letter topic) → the run supervisor starts a RunActor, which claims the run in the database
+//! (a terminal run is left alone, a live one elsewhere is waited for, a dead executor's is resumed)
+//! → the plan is checked by [`plan::validate()`] → the RunActor resolves each step's input
+//! ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and spawns StepActors for agent
+//! calls → every transition is written by the persistence actor into the tables of the `entity`
+//! crate, and published as a monitoring update once committed → the request's offset becomes
+//! committable once the run is terminal ([`kafka::offsets`]).
 //!
 //! ## Modules
 //!
@@ -30,13 +33,12 @@
 //! - [`executor`]: the tree started and wired, with a small API to submit runs;
 //! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the registry;
 //! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
-//! - [`kafka`]: the wire formats of the topics;
+//! - [`kafka`]: ingress actor and poll loop, offsets, wire formats, producers, the embedded broker;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
 //! - [`report`]: run summaries for the command line.
 //!
-//! The Kafka ingress and the HTTP API arrive with the issues that build them, in `kafka/` and
-//! `api/`.
+//! The HTTP API (`api/`) arrives with the issue that builds it.
 
 pub mod actors;
 pub mod agents;

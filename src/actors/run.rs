@@ -1,6 +1,6 @@
 //! The RunActor: one per run. It walks the plan and spawns a StepActor per agent call attempt.
 //!
-//! The walk is an explicit tree of executions ([`Exec`]) in an arena, driven by a work queue, rather
+//! The walk is an explicit tree of executions (`Exec`) in an arena, driven by a work queue, rather
 //! than async recursion, so that the actor's mailbox stays responsive (retry timers, branch
 //! deadlines, cancellation, StepActor exits) while any number of calls are in flight:
 //! - the root is a `Sequence` over the plan's main chain;

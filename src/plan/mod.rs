@@ -1,7 +1,7 @@
 //! Workflow plans (CONTRACT.md §3): what a run executes.
 //!
 //! - [`model`]: the plan as received ([`PlanDocument`]) and as validated ([`Plan`]);
-//! - [`validate`]: every rule of the contract, all problems reported at once;
+//! - [`mod@validate`]: every rule of the contract, all problems reported at once;
 //! - [`expr`]: the `${…}` reference language;
 //! - [`mapping`]: building an agent's input from a step's `input_mapping`;
 //! - [`condition`]: the expression language of `conditional` steps.

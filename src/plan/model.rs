@@ -3,7 +3,7 @@
 //! [`PlanDocument`] and [`StepDocument`] mirror the JSON as it arrives, with every field optional,
 //! so that a plan missing half its fields still parses and validation can report *all* its
 //! problems instead of the first one serde trips over. [`Plan`] is the validated form the executor
-//! walks: only [`super::validate`] builds one, so code that holds a `Plan` never re-checks
+//! walks: only [`super::validate()`] builds one, so code that holds a `Plan` never re-checks
 //! references, cycles or required fields.
 
 use std::collections::BTreeMap;
