@@ -12,11 +12,12 @@ use entity::RunStatus;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use runvisor::actors::events::{ChannelSink, Event};
+use runvisor::actors::events::{ChannelSink, Event, EventSink, Fanout};
 use runvisor::executor::{Executor, ExecutorOptions};
 use runvisor::kafka::Broker;
 use runvisor::kafka::ingress::GroupMember;
 use runvisor::kafka::messages::ExecutionRequestMessage;
+use runvisor::kafka::producer::MonitoringSink;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -83,7 +84,9 @@ async fn requests_run_once_garbage_goes_to_the_dlq_and_cancellations_apply() {
     publish(&producer, &topic, "good-2", &request("good-2", pipeline.clone())).await;
 
     let (tx, mut events) = mpsc::unbounded_channel();
-    let options = ExecutorOptions { events: Some(Arc::new(ChannelSink(tx))), tap: None };
+    let monitoring = MonitoringSink::new(producer.clone(), config.kafka.monitoring_topic.clone());
+    let sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(ChannelSink(tx)), Arc::new(monitoring)];
+    let options = ExecutorOptions { events: Some(Arc::new(Fanout(sinks))), tap: None };
     let executor = Arc::new(Executor::start(&config, db.db.clone(), options).await.unwrap());
     let member = GroupMember::start(&broker, &config, Arc::clone(&executor)).await.unwrap();
 
@@ -159,6 +162,45 @@ async fn requests_run_once_garbage_goes_to_the_dlq_and_cancellations_apply() {
     }
     assert!(reasons["junk"].starts_with("message is not valid UTF-8 JSON"), "{reasons:?}");
     assert_eq!(reasons["noid"], "message has no run_id");
+
+    // Monitoring updates (CONTRACT.md §6) for every attempt and run transition, keyed by run_id.
+    let monitor: StreamConsumer = broker
+        .client_config(&config.kafka)
+        .set("group.id", format!("monitor-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    monitor.subscribe(&[&config.kafka.monitoring_topic]).unwrap();
+    let mut updates: Vec<Value> = Vec::new();
+    let wanted = |updates: &[Value]| updates.iter().filter(|u| u["run_id"] == "good-1").count() >= 6;
+    while !wanted(&updates) {
+        let message =
+            tokio::time::timeout(Duration::from_secs(30), monitor.recv()).await.expect("monitoring updates").unwrap();
+        assert_eq!(
+            message.key(),
+            serde_json::from_slice::<Value>(message.payload().unwrap()).unwrap()["run_id"].as_str().map(str::as_bytes)
+        );
+        updates.push(serde_json::from_slice(message.payload().unwrap()).unwrap());
+    }
+    let good: Vec<&Value> = updates.iter().filter(|u| u["run_id"] == "good-1").collect();
+    let seen: Vec<(&str, &str)> =
+        good.iter().map(|u| (u["step_id"].as_str().unwrap(), u["status"].as_str().unwrap())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("workflow", "RUNNING"),
+            ("a", "RUNNING"),
+            ("a", "COMPLETED"),
+            ("b", "RUNNING"),
+            ("b", "COMPLETED"),
+            ("workflow", "COMPLETED")
+        ]
+    );
+    assert_eq!(good[0]["step_name"], "test-plan");
+    assert_eq!(good[1]["step_name"], "echo");
+    assert_eq!(good[1]["metadata"]["attempt"], 1);
+    assert_eq!(good[1]["metadata"]["step_execution_id"], good[2]["metadata"]["step_execution_id"]);
+    assert!(good.iter().all(|u| u["timestamp"].as_str().is_some_and(|t| t.len() == 26)), "{good:?}");
 
     assert_eq!(member.runs_in_flight().await, 0);
     drop(executor);

@@ -89,3 +89,15 @@ impl EventSink for ChannelSink {
         let _ = self.0.send(event);
     }
 }
+
+/// Sends every event to each of several sinks (monitoring topic and a local observer, say).
+#[derive(Debug)]
+pub struct Fanout(pub Vec<std::sync::Arc<dyn EventSink>>);
+
+impl EventSink for Fanout {
+    fn emit(&self, event: Event) {
+        for sink in &self.0 {
+            sink.emit(event.clone());
+        }
+    }
+}
