@@ -259,3 +259,72 @@ async fn sigterm_drains_runs_in_flight_and_exits_zero() {
         .await;
     setup.assert_all_completed_once(&runs).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_batch_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut setup = setup().await;
+    let mut runs = setup.publish("broker", 20, 300).await;
+    let _executor = setup.executor("steady");
+    setup
+        .wait_for(
+            "runs in flight",
+            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
+            5,
+            Duration::from_secs(60),
+        )
+        .await;
+    setup.tansu.restart().await;
+    // Published after the restart: the producer and the executor reconnect on their own.
+    runs.extend(setup.publish_range("broker", 20..30, 300).await);
+    setup
+        .wait_for(
+            "every run to complete",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
+            30,
+            Duration::from_secs(120),
+        )
+        .await;
+    setup.assert_all_completed_once(&runs).await;
+}
+
+/// Restarts the local PostgreSQL cluster (the one `.ci/run` starts) with `pg_ctlcluster`.
+fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("a Debian PostgreSQL cluster")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .max()
+        .unwrap();
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .expect("pg_ctlcluster runs");
+    assert!(status.success(), "PostgreSQL restarted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_batch_loses_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let setup = setup().await;
+    let runs = setup.publish("database", 30, 300).await;
+    let _executor = setup.executor("patient");
+    setup
+        .wait_for(
+            "runs in flight",
+            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
+            5,
+            Duration::from_secs(60),
+        )
+        .await;
+    tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+    setup
+        .wait_for(
+            "every run to complete",
+            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
+            30,
+            Duration::from_secs(120),
+        )
+        .await;
+    setup.assert_all_completed_once(&runs).await;
+}
