@@ -94,6 +94,23 @@ impl Setup {
         }
     }
 
+    /// Waits until at least `n` attempts have COMPLETED.
+    async fn wait_for_completed_attempts(&self, what: &str, n: i64) {
+        self.wait_for(
+            what,
+            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
+            n,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+
+    /// Waits until at least `n` runs have COMPLETED.
+    async fn wait_for_completed_runs(&self, n: i64) {
+        let sql = "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'";
+        self.wait_for("every run to complete", sql, n, Duration::from_secs(120)).await;
+    }
+
     /// Every run COMPLETED with the right output, no attempt RUNNING, and no call made again
     /// after it completed.
     async fn assert_all_completed_once(&self, run_ids: &[String]) {
@@ -134,37 +151,16 @@ async fn executors_killed_mid_run_twice_lose_and_repeat_nothing() {
     let runs = setup.publish("crash", 50, 300).await;
 
     let first = setup.executor("first");
-    setup
-        .wait_for(
-            "first completed attempts",
-            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
-            10,
-            Duration::from_secs(60),
-        )
-        .await;
+    setup.wait_for_completed_attempts("first completed attempts", 10).await;
     first.kill();
     let completed_before = setup.number("SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'").await;
 
     let second = setup.executor("second");
-    setup
-        .wait_for(
-            "progress after the first restart",
-            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
-            completed_before + 10,
-            Duration::from_secs(60),
-        )
-        .await;
+    setup.wait_for_completed_attempts("progress after the first restart", completed_before + 10).await;
     second.kill();
 
     let _third = setup.executor("third");
-    setup
-        .wait_for(
-            "every run to complete",
-            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
-            50,
-            Duration::from_secs(120),
-        )
-        .await;
+    setup.wait_for_completed_runs(50).await;
     setup.assert_all_completed_once(&runs).await;
     let lost = setup
         .number("SELECT count(*) FROM step_executions WHERE error_message = 'the executor running this call was lost'")
@@ -201,14 +197,7 @@ async fn two_executors_share_the_work_and_a_killed_ones_runs_finish_elsewhere() 
     // tansu 0.6.0 keeps a dead member's partitions assigned to it until a member joins (see the
     // README), so a replacement joins, as an orchestrator would start one.
     let _replacement = setup.executor("replacement");
-    setup
-        .wait_for(
-            "every run to complete",
-            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
-            80,
-            Duration::from_secs(120),
-        )
-        .await;
+    setup.wait_for_completed_runs(80).await;
     setup.assert_all_completed_once(&runs).await;
     let finished_by_left = setup
         .number(&format!("SELECT count(*) FROM workflow_runs WHERE owner_id = '{left_owner}' AND status = 'COMPLETED'"))
@@ -249,14 +238,7 @@ async fn sigterm_drains_runs_in_flight_and_exits_zero() {
     }
     // Whatever had not started is still in Kafka for the next executor.
     let _next = setup.executor("next");
-    setup
-        .wait_for(
-            "every run to complete",
-            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
-            10,
-            Duration::from_secs(60),
-        )
-        .await;
+    setup.wait_for_completed_runs(10).await;
     setup.assert_all_completed_once(&runs).await;
 }
 
@@ -266,25 +248,11 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     let mut setup = setup().await;
     let mut runs = setup.publish("broker", 20, 300).await;
     let _executor = setup.executor("steady");
-    setup
-        .wait_for(
-            "runs in flight",
-            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
-            5,
-            Duration::from_secs(60),
-        )
-        .await;
+    setup.wait_for_completed_attempts("runs in flight", 5).await;
     setup.tansu.restart().await;
     // Published after the restart: the producer and the executor reconnect on their own.
     runs.extend(setup.publish_range("broker", 20..30, 300).await);
-    setup
-        .wait_for(
-            "every run to complete",
-            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
-            30,
-            Duration::from_secs(120),
-        )
-        .await;
+    setup.wait_for_completed_runs(30).await;
     setup.assert_all_completed_once(&runs).await;
 }
 
@@ -309,22 +277,8 @@ async fn a_database_restart_mid_batch_loses_nothing() {
     let setup = setup().await;
     let runs = setup.publish("database", 30, 300).await;
     let _executor = setup.executor("patient");
-    setup
-        .wait_for(
-            "runs in flight",
-            "SELECT count(*) FROM step_executions WHERE status = 'COMPLETED'",
-            5,
-            Duration::from_secs(60),
-        )
-        .await;
+    setup.wait_for_completed_attempts("runs in flight", 5).await;
     tokio::task::spawn_blocking(restart_postgres).await.unwrap();
-    setup
-        .wait_for(
-            "every run to complete",
-            "SELECT count(*) FROM workflow_runs WHERE status = 'COMPLETED'",
-            30,
-            Duration::from_secs(120),
-        )
-        .await;
+    setup.wait_for_completed_runs(30).await;
     setup.assert_all_completed_once(&runs).await;
 }
