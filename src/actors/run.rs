@@ -70,6 +70,22 @@ pub struct RunRequest {
     pub triggered_by: Option<String>,
 }
 
+impl RunRequest {
+    /// (workflow_id, workflow_name) for the run's row before the plan is loaded: from an inline
+    /// plan if it names them, else "unknown" (a stored definition's are filled in once loaded).
+    pub fn identity(&self) -> (String, String) {
+        let unknown = || "unknown".to_string();
+        match &self.plan {
+            PlanSource::Inline(document) => {
+                let (workflow_id, name) = validate::identity(document);
+                (workflow_id.unwrap_or_else(unknown), name.unwrap_or_else(unknown))
+            }
+            PlanSource::Definition(id) => (id.to_string(), unknown()),
+            PlanSource::Unusable(_) => (unknown(), unknown()),
+        }
+    }
+}
+
 /// How a run request ended here.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunOutcome {
@@ -273,21 +289,15 @@ impl Actor for RunActor {
 
     async fn pre_start(&self, myself: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
         myself.cast(RunMsg::Start)?;
-        let meta = match &args.request.plan {
-            PlanSource::Inline(document) => {
-                let (workflow_id, name) = validate::identity(document);
-                RunMeta {
-                    workflow_name: name.unwrap_or_else(|| "unknown".into()),
-                    workflow_id: workflow_id.unwrap_or_else(|| "unknown".into()),
-                }
-            }
-            PlanSource::Definition(id) => RunMeta { workflow_id: id.to_string(), workflow_name: "unknown".into() },
-            PlanSource::Unusable(_) => RunMeta { workflow_id: "unknown".into(), workflow_name: "unknown".into() },
-        };
+        let (workflow_id, workflow_name) = args.request.identity();
+        let meta = RunMeta { workflow_id, workflow_name };
+        let mut request = args.request;
+        // The input lives once, as the JSON value expressions resolve against.
+        let input = Value::Object(std::mem::take(&mut request.input));
         Ok(RunState {
-            run_id: args.request.run_id.clone(),
-            input: Value::Object(args.request.input.clone()),
-            request: args.request,
+            run_id: request.run_id.clone(),
+            input,
+            request,
             deps: args.deps,
             finished: args.finished,
             meta,

@@ -20,8 +20,6 @@ use super::persistence::LeaseState;
 use super::persistence::{PersistenceActor, PersistenceArgs, PersistenceHandle, RunWrite, WriteOp};
 use super::run::{Disposition, RunActor, RunArgs, RunDeps, RunMsg, RunOutcome, RunRequest, Spawned};
 use crate::config::PersistenceConfig;
-use crate::kafka::messages::PlanSource;
-use crate::plan::validate;
 
 #[derive(Debug)]
 pub enum SupervisorMsg {
@@ -210,11 +208,7 @@ impl Actor for RunSupervisor {
         tracing::error!(%run_id, %message, "run failed because its actor did not finish it");
         let persistence = state.deps.persistence.clone();
         let now = chrono::Utc::now().naive_utc();
-        let (workflow_id, workflow_name) = match &run.request.plan {
-            PlanSource::Inline(document) => validate::identity(document),
-            PlanSource::Definition(id) => (Some(id.to_string()), None),
-            PlanSource::Unusable(_) => (None, None),
-        };
+        let (workflow_id, workflow_name) = run.request.identity();
         let abandon = WriteOp::AbandonAttempts {
             run_id: run_id.clone(),
             status: StepStatus::Failed,
@@ -223,8 +217,8 @@ impl Actor for RunSupervisor {
         };
         let fail = WriteOp::Run(Box::new(RunWrite {
             run_id: run_id.clone(),
-            workflow_id: workflow_id.unwrap_or_else(|| "unknown".into()),
-            workflow_name: workflow_name.clone().unwrap_or_else(|| "unknown".into()),
+            workflow_id,
+            workflow_name: workflow_name.clone(),
             definition_id: run.request.definition_id,
             input: serde_json::Value::Object(run.request.input.clone()),
             triggered_by: run.request.triggered_by.clone(),
@@ -239,7 +233,7 @@ impl Actor for RunSupervisor {
         persistence.write_later(abandon, None);
         let event = Event::Run {
             run_id: run_id.clone(),
-            workflow_name: workflow_name.unwrap_or_default(),
+            workflow_name,
             status: RunStatus::Failed,
             error: Some(message.clone()),
         };
