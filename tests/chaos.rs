@@ -279,3 +279,45 @@ async fn killing_the_persistence_actor_on_postgres() {
 async fn killing_the_persistence_actor_on_sqlite() {
     killing_the_persistence_actor(TestDb::sqlite().await).await;
 }
+
+/// PostgreSQL fails over mid-batch: for a while every connection lands on a database that refuses
+/// writes (as a demoted primary or a standby does), then writes are accepted again. The
+/// persistence actor keeps its journal and retries; no write and no run is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_refuses_writes_for_a_while_loses_nothing() {
+    let db = TestDb::postgres().await.migrated().await;
+    let test = db.executor(&test_config()).await;
+    let journal = std::sync::Arc::clone(test.executor.persistence().journal());
+    let receivers: Vec<_> = (0..300)
+        .map(|n| test.executor.submit(request(&format!("f-{n}"), chaos_plan(), json!({"n": n}))).unwrap())
+        .collect();
+    wait_until("writes committed before the failover", || journal.stats().writes >= 200).await;
+
+    db.as_admin("ALTER DATABASE {db} SET default_transaction_read_only = on").await;
+    let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'";
+    db.as_admin(terminate).await;
+    wait_until("writes refused and retried", || journal.stats().transient_failures >= 3).await;
+    let refused_at = journal.stats().writes;
+    db.as_admin("ALTER DATABASE {db} RESET default_transaction_read_only").await;
+    db.as_admin(terminate).await;
+
+    for receiver in receivers {
+        let outcome = tokio::time::timeout(Duration::from_secs(120), receiver).await.expect("a run hung").unwrap();
+        assert_eq!(outcome.status, RunStatus::Completed, "{}: {:?}", outcome.run_id, outcome.error);
+    }
+    test.executor.persistence().flush().await.unwrap();
+    assert!(journal.stats().writes > refused_at, "writes committed again after the failover");
+    let runs = db.query("SELECT status, count(*) AS n FROM workflow_runs GROUP BY status").await;
+    assert_eq!(runs, vec![json!({"status": "COMPLETED", "n": 300})]);
+    let steps = db.query("SELECT status, count(*) AS n FROM step_executions GROUP BY status").await;
+    assert_eq!(steps, vec![json!({"status": "COMPLETED", "n": 300 * 6})], "every call ran once and is stored once");
+}
+
+/// Polls `condition` until it holds (within a minute).
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}

@@ -191,6 +191,16 @@ pub struct Journal {
     /// Transactions committed and writes they held: the batching the benchmarks report.
     transactions: AtomicU64,
     committed: AtomicU64,
+    /// Commits that met a passing database error and were tried again later.
+    transient_failures: AtomicU64,
+}
+
+/// What the journal has done so far: batching and the database's health, as an operator reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub transactions: u64,
+    pub writes: u64,
+    pub transient_failures: u64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -214,6 +224,7 @@ impl Journal {
             wake_sent: AtomicBool::new(false),
             transactions: AtomicU64::new(0),
             committed: AtomicU64::new(0),
+            transient_failures: AtomicU64::new(0),
         }
     }
 
@@ -229,9 +240,12 @@ impl Journal {
         self.len() == 0
     }
 
-    /// (transactions committed, writes committed) so far.
-    pub fn stats(&self) -> (u64, u64) {
-        (self.transactions.load(Ordering::Relaxed), self.committed.load(Ordering::Relaxed))
+    pub fn stats(&self) -> JournalStats {
+        JournalStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            writes: self.committed.load(Ordering::Relaxed),
+            transient_failures: self.transient_failures.load(Ordering::Relaxed),
+        }
     }
 
     /// Hands every queued write to `commit` and acknowledges it: the in-memory store of unit tests.
@@ -485,6 +499,7 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
             acknowledge(&journal, batch.len(), Ok(()));
         }
         Err(error) if is_transient(&error) => {
+            journal.transient_failures.fetch_add(1, Ordering::Relaxed);
             let delay = state.backoff.get_or_insert_with(retry_delays).next().unwrap_or(Duration::from_secs(5));
             tracing::warn!(%error, writes = journal.len(), retry_in_ms = delay.as_millis() as u64, "database write failed; will retry");
             state.waiting_to_retry = true;
@@ -904,7 +919,7 @@ mod tests {
             handle.write_later(run(&format!("r{i}"), RunStatus::Running), None);
         }
         handle.flush().await.unwrap();
-        let (transactions, writes) = handle.journal().stats();
+        let JournalStats { transactions, writes, .. } = handle.journal().stats();
         assert_eq!(writes, 501);
         assert!(transactions <= 501 / 64 + 2, "{transactions} transactions for 501 writes");
         supervisor.stop(None);

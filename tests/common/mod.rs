@@ -88,6 +88,18 @@ impl TestDb {
         self
     }
 
+    /// Runs `sql` on PostgreSQL as the administrator, outside the test database's pool; `{db}`
+    /// in it stands for the test database's name. For faults a test injects from outside.
+    pub async fn as_admin(&self, sql: &str) {
+        let Cleanup::Postgres { admin_url, name } = &self.cleanup else {
+            panic!("only PostgreSQL has an administrator")
+        };
+        let admin = Database::connect(admin_url).await.expect("connect as the administrator");
+        let sql = sql.replace("{db}", name);
+        admin.execute_unprepared(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        admin.close().await.ok();
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
@@ -201,10 +213,13 @@ impl Tansu {
 
     async fn launch(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.path().join("tansu.log")).unwrap();
+        // Beside the executors' logs, where a failed test's story can be read afterwards.
+        let path = std::env::temp_dir().join(format!("tansu-{}.log", self.port));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
         let child = std::process::Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
+            .env("RUST_LOG", std::env::var("RUNVISOR_TEST_TANSU_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
