@@ -219,7 +219,12 @@ impl Tansu {
         let child = std::process::Command::new(tansu_binary())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
-            .env("RUST_LOG", std::env::var("RUNVISOR_TEST_TANSU_LOG").unwrap_or_else(|_| "info".into()))
+            // tansu logs every span at info; its group coordinator's decisions are what matter here.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUNVISOR_TEST_TANSU_LOG")
+                    .unwrap_or_else(|_| "warn,tansu_broker::coordinator::group::administrator=info".into()),
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
