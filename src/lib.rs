@@ -10,7 +10,8 @@
 //! The supervision tree, as the design fixes it (DEVELOPERS.md):
 //!
 //! ```text
-//! ingress actor (Kafka consumer group member; a poll loop task feeds it)
+//! ingress actor (Kafka consumer group member; a poll loop task feeds it, and a group-health
+//!                 task rejoins the group when a partition has no live consumer)
 //!   └─ dispatches to ─ run supervisor (renews the leases of its runs)
 //!        └─ RunActor, one per run ─ walks the plan
 //!             └─ StepActor, one per agent call attempt (linked; a crash is a failed attempt)
@@ -33,7 +34,8 @@
 //! - [`executor`]: the tree started and wired, with a small API to submit runs;
 //! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the registry;
 //! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
-//! - [`kafka`]: ingress actor and poll loop, offsets, wire formats, producers, the embedded broker;
+//! - [`kafka`]: ingress actor and poll loop, offsets, group health, wire formats, producers, the
+//!   embedded broker;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
 //! - [`report`]: run summaries for the command line.

@@ -1,4 +1,5 @@
-//! sea-orm entities for the four tables of the platform's contract (CONTRACT.md §4).
+//! sea-orm entities for the four tables of the platform's contract (CONTRACT.md §4), and the one
+//! table runvisor keeps for itself (`runvisor_group_members`).
 //!
 //! Column names and status strings are fixed by the contract because the platform's Python API reads
 //! and writes the same rows; everything runvisor adds is nullable or has a default, so the platform's
@@ -10,6 +11,7 @@
 //! time zone`, so an offset-aware type would make the two sides disagree.
 
 pub mod agent;
+pub mod group_member;
 pub mod status;
 pub mod step_execution;
 pub mod workflow_definition;
@@ -20,6 +22,7 @@ pub use status::{RunStatus, StepStatus};
 pub mod prelude {
     //! The entities under the names the rest of the code uses for them.
     pub use super::agent::Entity as Agents;
+    pub use super::group_member::Entity as GroupMembers;
     pub use super::step_execution::Entity as StepExecutions;
     pub use super::workflow_definition::Entity as WorkflowDefinitions;
     pub use super::workflow_run::Entity as WorkflowRuns;

@@ -12,6 +12,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261127_000001_create_tables;
 mod m20261127_000002_run_leases;
+mod m20261127_000003_group_members;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -19,6 +20,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261127_000001_create_tables::Migration), Box::new(m20261127_000002_run_leases::Migration)]
+        vec![
+            Box::new(m20261127_000001_create_tables::Migration),
+            Box::new(m20261127_000002_run_leases::Migration),
+            Box::new(m20261127_000003_group_members::Migration),
+        ]
     }
 }

@@ -19,14 +19,14 @@
 //! the write that causes it by retrying one write at a time; that write is acknowledged with the
 //! error and dropped, so one bad write cannot stall everyone else's.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
 use chrono::NaiveDateTime;
-use entity::{RunStatus, StepStatus, agent, step_execution, workflow_definition, workflow_run};
+use entity::{RunStatus, StepStatus, agent, group_member, step_execution, workflow_definition, workflow_run};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
@@ -158,6 +158,14 @@ pub enum ReadRequest {
     Release {
         owner: String,
         reply: RpcReplyPort<Result<u64, PersistError>>,
+    },
+    /// Records the partitions `owner` holds in each consumer group until `until`, and answers, per
+    /// group in the same order, the partitions that live members (this one included) hold.
+    Membership {
+        owner: String,
+        until: NaiveDateTime,
+        held: Vec<(String, Vec<i32>)>,
+        reply: RpcReplyPort<Result<Vec<BTreeSet<i32>>, PersistError>>,
     },
 }
 
@@ -386,6 +394,16 @@ impl PersistenceHandle {
 
     pub async fn release_leases(&self, owner: &str) -> Result<u64, PersistError> {
         self.read(|reply| ReadRequest::Release { owner: owner.to_string(), reply }).await
+    }
+
+    /// See [`ReadRequest::Membership`].
+    pub async fn report_membership(
+        &self,
+        owner: &str,
+        until: NaiveDateTime,
+        held: Vec<(String, Vec<i32>)>,
+    ) -> Result<Vec<BTreeSet<i32>>, PersistError> {
+        self.read(|reply| ReadRequest::Membership { owner: owner.to_string(), until, held: held.clone(), reply }).await
     }
 
     /// Reports `event` once every write queued before it has committed.
@@ -739,7 +757,58 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
                 .map_err(read_error);
             let _ = reply.send(released);
         }
+        ReadRequest::Membership { owner, until, held, reply } => {
+            let live = (|| report_membership(db, &owner, until, &held))
+                .retry(contention_delays())
+                .when(is_transient)
+                .await
+                .map_err(read_error);
+            let _ = reply.send(live);
+        }
     }
+}
+
+/// How long a member's row is kept after it expired, for an operator looking at recent history.
+const EXPIRED_MEMBERS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+async fn report_membership(
+    db: &DatabaseConnection,
+    owner: &str,
+    until: NaiveDateTime,
+    held: &[(String, Vec<i32>)],
+) -> Result<Vec<BTreeSet<i32>>, DbErr> {
+    use group_member::Column as C;
+    let now = chrono::Utc::now().naive_utc();
+    let txn = db.begin().await?;
+    for (group, partitions) in held {
+        let row = group_member::ActiveModel {
+            group_id: Set(group.clone()),
+            owner_id: Set(owner.to_string()),
+            partitions: Set(Value::from(partitions.clone())),
+            expires_at: Set(until),
+        };
+        group_member::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([C::GroupId, C::OwnerId]).update_columns([C::Partitions, C::ExpiresAt]).to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    group_member::Entity::delete_many().filter(C::ExpiresAt.lt(now - EXPIRED_MEMBERS_KEPT)).exec(&txn).await?;
+    txn.commit().await?;
+    let mut live = Vec::with_capacity(held.len());
+    for (group, _) in held {
+        let rows = group_member::Entity::find().filter(C::GroupId.eq(group.as_str())).all(db).await?;
+        live.push(
+            rows.iter()
+                .filter(|row| row.expires_at > now)
+                .filter_map(|row| row.partitions.as_array())
+                .flatten()
+                .filter_map(|p| p.as_i64().and_then(|p| i32::try_from(p).ok()))
+                .collect(),
+        );
+    }
+    Ok(live)
 }
 
 /// Claims a run in one transaction (CONTRACT.md §7.2: two executors never run a run at once).
@@ -908,6 +977,27 @@ mod tests {
         assert!(stored.completed_at.is_some());
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].status, StepStatus::Completed);
+        supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn group_membership_counts_the_partitions_of_live_members_only() {
+        let (db, _dir) = sqlite().await;
+        let (handle, supervisor) = start(db, 64).await;
+        let now = chrono::Utc::now().naive_utc();
+        let later = now + chrono::Duration::seconds(30);
+        let held = |partitions: Vec<i32>| vec![("g".to_string(), partitions), ("g.c".to_string(), vec![0])];
+        handle.report_membership("dead", now - chrono::Duration::seconds(1), held(vec![2, 3])).await.unwrap();
+        handle.report_membership("other", later, held(vec![1])).await.unwrap();
+        let live = handle.report_membership("me", later, held(vec![0])).await.unwrap();
+        assert_eq!(
+            live,
+            vec![BTreeSet::from([0, 1]), BTreeSet::from([0])],
+            "the expired member's partitions are not held"
+        );
+        // A member rewrites its row: what it held before no longer counts.
+        let live = handle.report_membership("other", later, held(vec![2])).await.unwrap();
+        assert_eq!(live[0], BTreeSet::from([0, 2]));
         supervisor.stop(None);
     }
 

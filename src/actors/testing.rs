@@ -65,6 +65,11 @@ impl Actor for MemoryStore {
             PersistMsg::Read(ReadRequest::Release { reply, .. }) => {
                 let _ = reply.send(Ok(0));
             }
+            // A member alone in its groups holds what it says.
+            PersistMsg::Read(ReadRequest::Membership { held, reply, .. }) => {
+                let _ =
+                    reply.send(Ok(held.into_iter().map(|(_, partitions)| partitions.into_iter().collect()).collect()));
+            }
         }
         Ok(())
     }

@@ -31,16 +31,13 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
+use super::membership::{Membership, Timing, watch_groups};
 use super::messages::{PlanSource, Request, decode_request};
 use super::offsets::PartitionOffsets;
 use super::producer::dead_letter;
 use crate::actors::run::{Disposition, RunOutcome, RunRequest};
 use crate::config::Config;
 use crate::executor::Executor;
-
-/// How often a member without partitions rejoins its group: longer than a session timeout, so a
-/// dead member has been noticed by then.
-const ASSIGNMENT_CHECK: Duration = Duration::from_secs(15);
 
 /// A partition: (topic, partition).
 type PartitionKey = (String, i32);
@@ -80,8 +77,6 @@ pub enum IngressMsg {
     /// Stop taking records; answer once no run is in flight (or never, if some stay stuck).
     Drain(RpcReplyPort<()>),
     InFlight(RpcReplyPort<usize>),
-    /// Periodic: a member with no partitions asks the group again (see [`IngressMsg`] handling).
-    CheckAssignment,
 }
 
 /// Hands rebalances to the ingress actor, and commits before partitions move away.
@@ -196,11 +191,6 @@ impl Actor for IngressActor {
         })
     }
 
-    async fn post_start(&self, myself: ActorRef<IngressMsg>, _: &mut IngressState) -> Result<(), ActorProcessingErr> {
-        myself.send_interval(ASSIGNMENT_CHECK, || IngressMsg::CheckAssignment);
-        Ok(())
-    }
-
     async fn handle(
         &self,
         myself: ActorRef<IngressMsg>,
@@ -277,28 +267,6 @@ impl Actor for IngressActor {
             }
             IngressMsg::InFlight(reply) => {
                 let _ = reply.send(state.runs_in_flight);
-            }
-            IngressMsg::CheckAssignment => {
-                // A coordinator may keep a dead member's partitions assigned to it after its
-                // session expired (seen with tansu when a member dies right after a rebalance),
-                // leaving the live members idle. A member without partitions rejoins, which makes
-                // the coordinator rebalance without the dead member. (In a group with more
-                // executors than partitions this costs one rebalance per check: keep
-                // kafka.topic_partitions at or above the number of executors.)
-                let kafka = &state.args.config.kafka;
-                for (consumer, topic) in [
-                    (&state.args.requests, &kafka.requests_topic),
-                    (&state.args.cancellations, &kafka.cancellations_topic),
-                ] {
-                    let idle = consumer.assignment().is_ok_and(|a| a.count() == 0);
-                    if idle && state.draining.is_none() {
-                        tracing::info!(%topic, "no partitions assigned; rejoining the group");
-                        consumer.unsubscribe();
-                        if let Err(error) = consumer.subscribe(&[topic]) {
-                            tracing::warn!(%error, "cannot rejoin the group");
-                        }
-                    }
-                }
             }
         }
         Ok(())
@@ -437,7 +405,11 @@ pub fn consumer(
     group_id: &str,
 ) -> Result<IngressConsumer, rdkafka::error::KafkaError> {
     let kafka = &config.kafka;
-    let session_timeout = if broker.is_embedded() { "6000" } else { "10000" };
+    let property = |key: &str, default: &'static str| kafka.properties.get(key).map_or(default, String::as_str);
+    let session_timeout = session_timeout(broker, config).as_millis().to_string();
+    // librdkafka's default (eager) assignors stay: on tansu 0.6.0 a cooperative rejoin after the
+    // group leader's death leaves the group waiting for the dead leader for good, whereas an eager
+    // member's leave and rejoin (see `membership`) makes it reassign.
     let mut client = broker.client_config(kafka);
     client
         .set("group.id", group_id)
@@ -445,10 +417,19 @@ pub fn consumer(
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", kafka.properties.get("session.timeout.ms").map_or(session_timeout, String::as_str))
-        .set("heartbeat.interval.ms", kafka.properties.get("heartbeat.interval.ms").map_or("1000", String::as_str))
-        .set("fetch.wait.max.ms", kafka.properties.get("fetch.wait.max.ms").map_or("10", String::as_str));
+        .set("session.timeout.ms", session_timeout)
+        .set("heartbeat.interval.ms", property("heartbeat.interval.ms", "1000"))
+        .set("fetch.wait.max.ms", property("fetch.wait.max.ms", "10"));
     client.create_with_context(IngressContext { ingress: Mutex::new(None) })
+}
+
+/// How long the group coordinator waits for a silent member before reassigning its partitions:
+/// `session.timeout.ms` from `kafka.properties`, else 10 s (6 s on the embedded broker, whose
+/// group joins are slow).
+pub fn session_timeout(broker: &super::Broker, config: &Config) -> Duration {
+    let default = if broker.is_embedded() { 6_000 } else { 10_000 };
+    let ms = config.kafka.properties.get("session.timeout.ms").and_then(|v| v.parse().ok()).unwrap_or(default);
+    Duration::from_millis(ms)
 }
 
 /// Receives records and hands them to the ingress actor until `stop` turns true.
@@ -501,7 +482,7 @@ impl GroupMember {
         broker.ensure_topics(kafka).await?;
         let requests = Arc::new(consumer(broker, config, &kafka.group_id)?);
         requests.subscribe(&[&kafka.requests_topic])?;
-        let cancellations = Arc::new(consumer(broker, config, &format!("{}.cancellations", kafka.group_id))?);
+        let cancellations = Arc::new(consumer(broker, config, &cancellations_group(kafka))?);
         cancellations.subscribe(&[&kafka.cancellations_topic])?;
         let producer = super::producer::producer(broker, kafka)?;
         let args = IngressArgs {
@@ -513,10 +494,26 @@ impl GroupMember {
         };
         let (ingress, _) = Actor::spawn(None, IngressActor, args).await?;
         let stop = watch::Sender::new(false);
-        let polls = [&requests, &cancellations]
+        let mut polls: Vec<_> = [&requests, &cancellations]
             .into_iter()
             .map(|c| tokio::spawn(poll_loop(Arc::clone(c), ingress.clone(), stop.subscribe())))
             .collect();
+        let memberships = vec![
+            Membership {
+                group_id: kafka.group_id.clone(),
+                topic: kafka.requests_topic.clone(),
+                consumer: Arc::clone(&requests),
+            },
+            Membership {
+                group_id: cancellations_group(kafka),
+                topic: kafka.cancellations_topic.clone(),
+                consumer: Arc::clone(&cancellations),
+            },
+        ];
+        let timing = Timing::for_session_timeout(session_timeout(broker, config));
+        let persistence = executor.persistence().clone();
+        let owner = executor.owner().to_string();
+        polls.push(tokio::spawn(watch_groups(memberships, persistence, owner, timing, stop.subscribe())));
         Ok(GroupMember { executor, ingress, consumers: [requests, cancellations], stop, polls })
     }
 
@@ -551,6 +548,11 @@ impl GroupMember {
             Err(_) => tracing::warn!("the executor is still shared; not shutting it down"),
         }
     }
+}
+
+/// The cancellations topic's consumer group: one of its own, so each topic is balanced on its own.
+fn cancellations_group(kafka: &crate::config::KafkaConfig) -> String {
+    format!("{}.cancellations", kafka.group_id)
 }
 
 /// `runvisor consume`: one member of the executors' consumer group, until `shutdown` resolves;

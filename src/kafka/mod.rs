@@ -3,12 +3,14 @@
 //! - [`messages`]: the wire formats of CONTRACT.md §2 and §6 and how raw bytes become requests;
 //! - [`offsets`]: the commit point of a partition whose runs finish out of order;
 //! - [`ingress`]: the ingress actor, its poll loop, and `runvisor consume`;
+//! - [`membership`]: group health: partitions nobody live consumes make the executors rejoin;
 //! - [`producer`]: monitoring updates, the dead-letter topic, and `runvisor submit`.
 //!
 //! `kafka.brokers = "embedded"` starts rdkafka's in-process mock cluster, so `runvisor run`/`dev`
 //! and the faster tests need no broker; everything else speaks to real brokers.
 
 pub mod ingress;
+pub mod membership;
 pub mod messages;
 pub mod offsets;
 pub mod producer;
