@@ -23,6 +23,9 @@ use tokio::sync::watch;
 use super::ingress::IngressConsumer;
 use crate::actors::persistence::PersistenceHandle;
 
+/// How often a topic's partition count is read again (partitions may be added to a topic).
+const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
 /// One consumer group this executor is a member of.
 pub struct Membership {
     pub group_id: String,
@@ -113,6 +116,8 @@ pub async fn watch_groups(
     timing: Timing,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Each topic's partition count, and when it was read.
+    let mut counts: Vec<Option<(i32, Instant)>> = memberships.iter().map(|_| None).collect();
     let joined = Instant::now();
     let mut watches: Vec<OrphanWatch> = memberships.iter().map(|_| OrphanWatch::new(timing, joined)).collect();
     let mut ticks = tokio::time::interval(timing.interval);
@@ -132,8 +137,11 @@ pub async fn watch_groups(
                 continue;
             }
         };
-        for ((membership, watch), live) in memberships.iter().zip(&mut watches).zip(live) {
-            let Some(count) = partition_count(&membership.consumer, &membership.topic).await else { continue };
+        for (((membership, watch), count), live) in memberships.iter().zip(&mut watches).zip(&mut counts).zip(live) {
+            if count.is_none_or(|(_, at)| at.elapsed() >= METADATA_REFRESH) {
+                *count = partition_count(&membership.consumer, &membership.topic).await.map(|n| (n, Instant::now()));
+            }
+            let Some((count, _)) = *count else { continue };
             if let Some(orphaned) = watch.observe(count, &live, Instant::now()) {
                 tracing::warn!(group = %membership.group_id, topic = %membership.topic, ?orphaned,
                     "partitions have had no live consumer for too long; rejoining the group so it reassigns them");
