@@ -19,7 +19,7 @@
 //! ```
 //!
 //! The path of a request: a poll loop hands bytes on `workflow.execution.requests` to the ingress
-//! actor ([`kafka::ingress`]) → [`kafka::messages`] decodes them (undecodable ones go to the
+//! actor ([`kafka::ingress`]) → [`wire`] decodes them (undecodable ones go to the
 //! dead-letter topic) → the run supervisor starts a RunActor, which claims the run in the database
 //! (a terminal run is left alone, a live one elsewhere is waited for, a dead executor's is resumed)
 //! → the plan is checked by [`plan::validate()`] → the RunActor resolves each step's input
@@ -34,8 +34,11 @@
 //! - [`executor`]: the tree started and wired, with a small API to submit runs;
 //! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the registry;
 //! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
-//! - [`kafka`]: ingress actor and poll loop, offsets, group health, wire formats, producers, the
+//! - [`kafka`]: the transport: ingress actor and poll loop, offsets, group health, producers, the
 //!   embedded broker;
+//! - [`wire`]: the messages on the topics, shared by Kafka, the actors and producers, and
+//!   depending on none of them;
+//! - [`modes`]: the composition root: `consume`, `run`, `submit` assembled from the parts above;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
 //! - [`report`]: run summaries for the command line.
@@ -48,7 +51,9 @@ pub mod config;
 pub mod db;
 pub mod executor;
 pub mod kafka;
+pub mod modes;
 pub mod plan;
 pub mod report;
+pub mod wire;
 
 pub use config::Config;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use runvisor::Config;
 use runvisor::plan::{self, AgentCatalog};
+use runvisor::{Config, modes};
 
 #[derive(Debug, Parser)]
 #[command(name = "runvisor", version, about = "A supervised, Kafka-fed workflow executor")]
@@ -100,16 +100,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { plan, input } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(run_plan(&config, &plan, &input))
+            Ok(exit_code(runtime.block_on(modes::run_plan(&config, &plan, &input))?))
         }
         Command::Consume => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(runvisor::kafka::ingress::consume(&config, termination()))?;
+            runtime.block_on(modes::consume(&config, modes::termination()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { plan, input, run_id, wait } => {
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(submit(&config, &plan, &input, run_id, wait))
+            Ok(exit_code(runtime.block_on(modes::submit(&config, &plan, &input, run_id, wait))?))
         }
         Command::Migrate => {
             let runtime = tokio::runtime::Runtime::new()?;
@@ -123,77 +123,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Reads `--input`: inline JSON, or `@path`.
-fn read_input(input: &str) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-    let text = match input.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
-        None => input.to_string(),
-    };
-    match serde_json::from_str(&text).context("--input is not valid JSON")? {
-        serde_json::Value::Object(map) => Ok(map),
-        other => anyhow::bail!("--input must be a JSON object, found {other}"),
-    }
-}
-
-async fn run_plan(config: &Config, path: &std::path::Path, input: &str) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let document: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let input = read_input(input)?;
-    let db = runvisor::db::connect(&config.database).await?;
-    runvisor::db::migrate(&db).await?;
-    let executor = runvisor::executor::Executor::start(config, db, Default::default()).await?;
-    let request = runvisor::actors::run::RunRequest {
-        run_id: format!("run-{}", uuid::Uuid::now_v7()),
-        plan: runvisor::kafka::messages::PlanSource::Inline(document),
-        definition_id: None,
-        input,
-        triggered_by: Some("runvisor run".into()),
-    };
-    let outcome = executor.run(request).await?;
-    let (run, steps) =
-        executor.persistence().load_run(&outcome.run_id).await?.context("the run's row is missing after it ended")?;
-    print!("{}", runvisor::report::run_report(&run, &steps));
-    executor.shutdown(config.shutdown_grace()).await;
-    Ok(if outcome.status == entity::RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn termination() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-async fn submit(
-    config: &Config,
-    path: &std::path::Path,
-    input: &str,
-    run_id: Option<String>,
-    wait: bool,
-) -> anyhow::Result<ExitCode> {
-    if config.kafka.is_embedded() {
-        anyhow::bail!(
-            "submit needs a broker that other processes can reach: set kafka.brokers (RUNVISOR__KAFKA__BROKERS)"
-        );
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let plan: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))?;
-    let input = serde_json::Value::Object(read_input(input)?);
-    let run_id = run_id.unwrap_or_else(|| format!("run-{}", uuid::Uuid::now_v7()));
-    let message = runvisor::kafka::messages::ExecutionRequestMessage::inline(&run_id, plan, input);
-    runvisor::kafka::producer::submit(&config.kafka, &message).await?;
-    println!("{run_id}");
-    if !wait {
-        return Ok(ExitCode::SUCCESS);
-    }
-    let db = runvisor::db::connect(&config.database).await?;
-    let (run, steps) = runvisor::report::wait_for_run(&db, &run_id).await?;
-    print!("{}", runvisor::report::run_report(&run, &steps));
-    Ok(if run.status == entity::RunStatus::Completed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+/// Exit 0 for a run that COMPLETED, 1 otherwise.
+fn exit_code(completed: bool) -> ExitCode {
+    if completed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -10,7 +10,7 @@ use common::{ExecutorProcess, Tansu, TestDb, plan};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runvisor::config::Config;
 use runvisor::kafka::Broker;
-use runvisor::kafka::messages::ExecutionRequestMessage;
+use runvisor::wire::ExecutionRequestMessage;
 use serde_json::{Value, json};
 
 /// These tests start several processes each; one at a time keeps them within two cores.

@@ -16,8 +16,8 @@ use runvisor::actors::events::{ChannelSink, Event, EventSink, Fanout};
 use runvisor::executor::{Executor, ExecutorOptions};
 use runvisor::kafka::Broker;
 use runvisor::kafka::ingress::GroupMember;
-use runvisor::kafka::messages::ExecutionRequestMessage;
 use runvisor::kafka::producer::MonitoringSink;
+use runvisor::wire::ExecutionRequestMessage;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 

@@ -6,7 +6,7 @@ mod common;
 use common::{TestDb, plan, project_examples, request, test_config};
 use entity::{RunStatus, StepStatus};
 use runvisor::actors::run::RunRequest;
-use runvisor::kafka::messages::PlanSource;
+use runvisor::wire::PlanSource;
 use sea_orm::{ActiveModelTrait, ConnectionTrait, Set};
 use serde_json::{Value, json};
 

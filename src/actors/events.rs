@@ -7,7 +7,7 @@
 use entity::{RunStatus, StepStatus};
 use serde_json::json;
 
-use crate::kafka::messages::{MonitoringUpdate, RUN_STEP_ID, timestamp_now};
+use crate::wire::{MonitoringUpdate, RUN_STEP_ID, timestamp_now};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {

@@ -33,10 +33,10 @@ use super::events::Event;
 use super::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, PersistenceHandle, RunWrite, WriteOp};
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, StepFailure};
-use crate::kafka::messages::PlanSource;
 use crate::plan::expr::{LoopFrame, Scope};
 use crate::plan::model::{JoinPolicy, LoopMode, OnError};
 use crate::plan::{Plan, StepKind, condition, mapping, validate};
+use crate::wire::PlanSource;
 
 /// What the executor shares with every run.
 #[derive(Debug)]

@@ -17,7 +17,7 @@ use super::run::{RunDeps, RunOutcome, RunRequest, Spawned};
 use super::supervisor::{RunSupervisor, SupervisorMsg};
 use crate::agents::AgentRegistry;
 use crate::config::{Config, RetryPolicy};
-use crate::kafka::messages::PlanSource;
+use crate::wire::PlanSource;
 
 /// A persistence actor that "commits" each write by appending it to a shared log.
 #[derive(Debug)]

@@ -32,12 +32,12 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 
 use super::membership::{Membership, Timing, watch_groups};
-use super::messages::{PlanSource, Request, decode_request};
 use super::offsets::PartitionOffsets;
 use super::producer::dead_letter;
 use crate::actors::run::{Disposition, RunOutcome, RunRequest};
 use crate::config::Config;
 use crate::executor::Executor;
+use crate::wire::{PlanSource, Request, decode_request};
 
 /// A partition: (topic, partition).
 type PartitionKey = (String, i32);
@@ -542,7 +542,9 @@ impl GroupMember {
             }
             consumer.unsubscribe();
         }
-        self.ingress.stop(None);
+        // The actor's state holds the executor too: wait until it is dropped, so that this is the
+        // last reference and the executor can be shut down (its leases released).
+        let _ = self.ingress.stop_and_wait(None, Some(grace)).await;
         match Arc::try_unwrap(self.executor) {
             Ok(executor) => executor.shutdown(grace).await,
             Err(_) => tracing::warn!("the executor is still shared; not shutting it down"),
@@ -553,22 +555,4 @@ impl GroupMember {
 /// The cancellations topic's consumer group: one of its own, so each topic is balanced on its own.
 fn cancellations_group(kafka: &crate::config::KafkaConfig) -> String {
     format!("{}.cancellations", kafka.group_id)
-}
-
-/// `runvisor consume`: one member of the executors' consumer group, until `shutdown` resolves;
-/// then a graceful stop within `executor.shutdown_grace_ms`.
-pub async fn consume(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let broker = super::Broker::start(&config.kafka)?;
-    let db = crate::db::connect(&config.database).await?;
-    crate::db::migrate(&db).await?;
-    let producer = super::producer::producer(&broker, &config.kafka)?;
-    let events = Arc::new(super::producer::MonitoringSink::new(producer, config.kafka.monitoring_topic.clone()));
-    let options = crate::executor::ExecutorOptions { events: Some(events), tap: None };
-    let executor = Arc::new(Executor::start(config, db, options).await?);
-    tracing::info!(owner = executor.owner(), brokers = broker.bootstrap(), group = %config.kafka.group_id, "consuming");
-    let member = GroupMember::start(&broker, config, executor).await?;
-    shutdown.await;
-    tracing::info!("stopping: no new requests; waiting for runs in flight");
-    member.stop(config.shutdown_grace()).await;
-    Ok(())
 }

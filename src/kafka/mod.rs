@@ -1,8 +1,7 @@
-//! Everything that crosses Kafka.
+//! The Kafka transport: how records come in and go out. What they say is [`crate::wire`]'s.
 //!
-//! - [`messages`]: the wire formats of CONTRACT.md §2 and §6 and how raw bytes become requests;
 //! - [`offsets`]: the commit point of a partition whose runs finish out of order;
-//! - [`ingress`]: the ingress actor, its poll loop, and `runvisor consume`;
+//! - [`ingress`]: the ingress actor and its poll loop;
 //! - [`membership`]: group health: partitions nobody live consumes make the executors rejoin;
 //! - [`producer`]: monitoring updates, the dead-letter topic, and `runvisor submit`.
 //!
@@ -11,7 +10,6 @@
 
 pub mod ingress;
 pub mod membership;
-pub mod messages;
 pub mod offsets;
 pub mod producer;
 

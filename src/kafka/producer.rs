@@ -68,7 +68,7 @@ pub async fn dead_letter(producer: &FutureProducer, topic: &str, key: Option<&[u
 }
 
 /// Publishes one execution request and waits until the broker has it (`runvisor submit`).
-pub async fn submit(config: &KafkaConfig, message: &super::messages::ExecutionRequestMessage) -> anyhow::Result<()> {
+pub async fn submit(config: &KafkaConfig, message: &crate::wire::ExecutionRequestMessage) -> anyhow::Result<()> {
     let broker = Broker::start(config)?;
     let producer = producer(&broker, config)?;
     let payload = serde_json::to_vec(message)?;

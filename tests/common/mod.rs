@@ -13,7 +13,7 @@ use runvisor::actors::run::{RunRequest, Spawned};
 use runvisor::config::DatabaseConfig;
 use runvisor::config::RetryPolicy;
 use runvisor::executor::{Executor, ExecutorOptions};
-use runvisor::kafka::messages::PlanSource;
+use runvisor::wire::PlanSource;
 use sea_orm::FromQueryResult;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use std::path::PathBuf;

@@ -1,0 +1,42 @@
+//! The composition root: the one place that assembles runvisor's parts into the modes it runs in.
+//!
+//! | mode | parts |
+//! |---|---|
+//! | [`consume`] | database, broker, executor, consumer-group member (ingress), outbox relay, metrics listener |
+//! | [`serve_api`] | database, broker (producer only), HTTP API, outbox relay |
+//! | [`dev`] | everything above in one process, on the embedded defaults (SQLite, in-process broker) |
+//! | [`run_plan`] | database and executor, one run fed directly (no broker) |
+//! | [`submit`] | a producer, and optionally a database reader following the run |
+//!
+//! Everything else in the crate is a part: it takes what it needs as arguments and starts nothing
+//! it was not asked to. Binaries call these functions and nothing below them.
+
+mod consume;
+mod local;
+mod node;
+
+pub use consume::consume;
+pub use local::{read_input, run_plan, submit};
+pub use node::ExecutorNode;
+
+use sea_orm::DatabaseConnection;
+
+use crate::config::Config;
+
+/// Opens the configured database and brings its schema up to date.
+pub async fn connect_and_migrate(config: &Config) -> Result<DatabaseConnection, crate::db::DbError> {
+    let db = crate::db::connect(&config.database).await?;
+    crate::db::migrate(&db).await?;
+    Ok(db)
+}
+
+/// Resolves on SIGTERM or SIGINT: how every long-running mode is told to stop.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
