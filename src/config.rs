@@ -48,6 +48,9 @@ pub struct Config {
     pub executor: ExecutorConfig,
     pub persistence: PersistenceConfig,
     pub api: ApiConfig,
+    pub outbox: OutboxConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     /// HTTP agents by name. They override rows of the `agents` table with the same name.
     #[serde(default)]
     pub agents: BTreeMap<String, AgentConfig>,
@@ -115,6 +118,9 @@ pub struct ExecutorConfig {
     pub shutdown_grace_ms: u64,
     /// How long a claim on a run holds without renewal; renewed every third of it.
     pub lease_ms: u64,
+    /// How often the agent registry re-reads the `agents` table (an unknown name also makes it
+    /// look at once), so agents added or edited through the API are called without a restart.
+    pub agents_refresh_ms: u64,
     /// This executor's name in `workflow_runs.owner_id`; empty = generated at start (unique per
     /// process, so a restarted executor never mistakes a dead one's claims for its own).
     pub owner_id: String,
@@ -133,6 +139,77 @@ pub struct PersistenceConfig {
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     pub listen: String,
+    /// Where the agents, workflows and runs routes sit (the platform's `API_PREFIX`).
+    pub prefix: String,
+    /// Larger request bodies are refused with 413 before they are read.
+    pub max_body_bytes: usize,
+    /// When set, every route but `/health*` needs `Authorization: Bearer <token>`.
+    pub auth_token: String,
+    pub cors: CorsConfig,
+}
+
+/// CORS as the platform configures it (`CORS_ORIGINS`, `CORS_ALLOW_CREDENTIALS`, …).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsConfig {
+    /// Comma-separated origins allowed to call the API from a browser; `*` allows any.
+    pub origins: String,
+    pub allow_credentials: bool,
+    /// Comma-separated methods, or `*`.
+    pub allow_methods: String,
+    /// Comma-separated request headers, or `*`.
+    pub allow_headers: String,
+}
+
+impl CorsConfig {
+    /// The configured origins, trimmed, without empty entries.
+    pub fn origin_list(&self) -> Vec<String> {
+        split_list(&self.origins)
+    }
+}
+
+/// A comma-separated setting as a list.
+pub fn split_list(value: &str) -> Vec<String> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_string).collect()
+}
+
+/// The request outbox (see `runvisor::service::outbox`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// How often a relay looks for requests left unpublished.
+    pub relay_interval_ms: u64,
+    /// Requests younger than this are left to the process that wrote them.
+    pub grace_ms: u64,
+    /// How long one publish may wait for the broker's acknowledgement.
+    pub publish_timeout_ms: u64,
+    /// A request still unpublished after this fails its run; 0 = keep trying for ever.
+    pub give_up_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `runvisor consume` serves `/metrics` and `/health` here; empty = not at all. (`api` and
+    /// `dev` serve `/metrics` on the API's address.)
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter (`RUST_LOG` wins when set), e.g. `info,runvisor=debug`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event; coloured only when stderr is a terminal.
+    Human,
+    /// One JSON object per event, with the span fields (run_id, step_id, attempt).
+    Json,
 }
 
 /// How often and how patiently an agent call is retried (CONTRACT.md §5). The same shape is read
@@ -368,6 +445,7 @@ impl Config {
         if exec.lease_ms < 1000 {
             out.push(format!("executor.lease_ms = {}: must be ≥ 1000", exec.lease_ms));
         }
+        at_least_one(&mut out, "executor.agents_refresh_ms", exec.agents_refresh_ms);
         if exec.owner_id.len() > 64 {
             out.push(format!("executor.owner_id = {:?}: must be at most 64 characters", exec.owner_id));
         }
@@ -377,7 +455,30 @@ impl Config {
         at_least_one(&mut out, "persistence.batch_max", self.persistence.batch_max as u64);
 
         if self.api.listen.parse::<std::net::SocketAddr>().is_err() {
-            out.push(format!("api.listen = {:?}: must be an address like 127.0.0.1:8080", self.api.listen));
+            out.push(format!("api.listen = {:?}: must be an address like 127.0.0.1:8000", self.api.listen));
+        }
+        if !self.api.prefix.is_empty() && (!self.api.prefix.starts_with('/') || self.api.prefix.ends_with('/')) {
+            out.push(format!(
+                "api.prefix = {:?}: must start with / and not end with one, e.g. \"/api/v1\"",
+                self.api.prefix
+            ));
+        }
+        if self.api.max_body_bytes < 1024 {
+            out.push(format!("api.max_body_bytes = {}: must be ≥ 1024", self.api.max_body_bytes));
+        }
+        if self.api.cors.origin_list().iter().any(|o| o != "*" && axum::http::HeaderValue::from_str(o).is_err()) {
+            out.push(format!("api.cors.origins = {:?}: must be comma-separated origins or *", self.api.cors.origins));
+        }
+        at_least_one(&mut out, "outbox.relay_interval_ms", self.outbox.relay_interval_ms);
+        at_least_one(&mut out, "outbox.publish_timeout_ms", self.outbox.publish_timeout_ms);
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<std::net::SocketAddr>().is_err() {
+            out.push(format!(
+                "metrics.listen = {:?}: must be an address like 0.0.0.0:9464, or empty for none",
+                self.metrics.listen
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            out.push(format!("log.filter = {:?}: must be a tracing filter like \"info,sqlx=warn\"", self.log.filter));
         }
 
         for (name, agent) in &self.agents {
@@ -419,6 +520,9 @@ impl fmt::Display for Config {
     /// agents' auth_config are masked.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = self.clone();
+        if !shown.api.auth_token.is_empty() {
+            shown.api.auth_token = "***".into();
+        }
         for agent in shown.agents.values_mut() {
             for value in agent.auth_config.values_mut() {
                 *value = "***".into();

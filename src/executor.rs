@@ -15,7 +15,7 @@ use crate::actors::events::EventSink;
 use crate::actors::persistence::{Journal, PersistError, PersistenceHandle};
 use crate::actors::run::{RunDeps, RunOutcome, RunRequest, Spawned};
 use crate::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs, RunSupervisor, SupervisorMsg};
-use crate::agents::AgentRegistry;
+use crate::agents::{AgentRegistry, LiveRegistry};
 use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,9 @@ pub struct Executor {
     persistence: PersistenceHandle,
     persistence_supervisor: ActorRef<()>,
     runs: ActorRef<SupervisorMsg>,
-    registry: Arc<AgentRegistry>,
+    registry: Arc<LiveRegistry>,
+    /// Re-reads the `agents` table every `executor.agents_refresh_ms`; stopped on shutdown.
+    agents_refresh: tokio::task::JoinHandle<()>,
     /// This executor's name in `workflow_runs.owner_id`.
     owner: String,
 }
@@ -63,7 +65,12 @@ impl Executor {
         )
         .await?;
         let rows = persistence.load_agents().await.map_err(ExecutorError::Agents)?;
-        let registry = Arc::new(AgentRegistry::new(config, &rows));
+        let registry = Arc::new(LiveRegistry::new(config, AgentRegistry::new(config, &rows)));
+        let agents_refresh = tokio::spawn(refresh_agents(
+            persistence.clone(),
+            Arc::clone(&registry),
+            Duration::from_millis(config.executor.agents_refresh_ms),
+        ));
         let owner = config.owner_id();
         let deps = Arc::new(RunDeps {
             persistence: persistence.clone(),
@@ -74,14 +81,14 @@ impl Executor {
             tap: options.tap,
         });
         let (runs, _) = Actor::spawn(None, RunSupervisor, deps).await?;
-        Ok(Executor { persistence, persistence_supervisor, runs, registry, owner })
+        Ok(Executor { persistence, persistence_supervisor, runs, registry, agents_refresh, owner })
     }
 
     pub fn owner(&self) -> &str {
         &self.owner
     }
 
-    pub fn registry(&self) -> &Arc<AgentRegistry> {
+    pub fn registry(&self) -> &Arc<LiveRegistry> {
         &self.registry
     }
 
@@ -124,6 +131,7 @@ impl Executor {
 
     /// Stops the tree after every queued write has committed (or `grace` has passed).
     pub async fn shutdown(self, grace: Duration) {
+        self.agents_refresh.abort();
         let _ = self.runs.stop_and_wait(None, Some(grace)).await;
         if tokio::time::timeout(grace, self.persistence.flush()).await.is_err() {
             tracing::warn!(
@@ -132,5 +140,19 @@ impl Executor {
             );
         }
         let _ = self.persistence_supervisor.stop_and_wait(None, Some(grace)).await;
+    }
+}
+
+/// Keeps the registry in step with the `agents` table.
+async fn refresh_agents(persistence: PersistenceHandle, registry: Arc<LiveRegistry>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        match persistence.load_agents().await {
+            Ok(rows) => registry.refresh(&rows),
+            Err(error) => tracing::warn!(%error, "cannot re-read the agents table; keeping the registry"),
+        }
     }
 }

@@ -47,13 +47,16 @@
 
 pub mod actors;
 pub mod agents;
+pub mod api;
 pub mod config;
 pub mod db;
 pub mod executor;
 pub mod kafka;
 pub mod modes;
+pub mod observability;
 pub mod plan;
 pub mod report;
+pub mod service;
 pub mod wire;
 
 pub use config::Config;

@@ -41,6 +41,11 @@ enum Command {
     },
     /// Run an executor: join the consumer group and execute requests until SIGTERM or SIGINT.
     Consume,
+    /// Serve the HTTP API (the platform's REST API) until SIGTERM or SIGINT; executors run apart.
+    Api,
+    /// Everything in one process on the embedded defaults: schema, executor, in-process broker and
+    /// the API; prints the URL and a curl that runs a workflow. Ctrl-C stops it.
+    Dev,
     /// Publish an execution request for a plan; print its run_id.
     Submit {
         /// A workflow plan in the platform's JSON format.
@@ -58,12 +63,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -76,6 +75,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::load(cli.config.as_deref())?;
+    runvisor::observability::logging::init(&config.log);
     match cli.command {
         Command::Config => {
             print!("{config}");
@@ -105,6 +105,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consume => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(modes::consume(&config, modes::termination()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Api => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(modes::serve_api(&config, modes::termination()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dev => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(modes::dev(&config, modes::termination()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { plan, input, run_id, wait } => {

@@ -180,6 +180,28 @@ impl ExecutionRequestMessage {
     }
 }
 
+/// A cancellation request as producers write it (the API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancellationMessage {
+    pub run_id: String,
+    pub cancelled_by: Option<String>,
+    pub reason: Option<String>,
+    pub timestamp: String,
+    pub message_type: String,
+}
+
+impl From<CancellationRequest> for CancellationMessage {
+    fn from(request: CancellationRequest) -> Self {
+        Self {
+            run_id: request.run_id,
+            cancelled_by: request.cancelled_by,
+            reason: request.reason,
+            timestamp: request.timestamp.unwrap_or_else(timestamp_now),
+            message_type: CANCELLATION_REQUEST.into(),
+        }
+    }
+}
+
 /// A monitoring update (CONTRACT.md §6), published for every attempt and run transition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MonitoringUpdate {

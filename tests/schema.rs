@@ -198,6 +198,8 @@ async fn entities_round_trip_and_the_contract_queries_run() {
             output_data: Set(Some(json!({"text": "done"}))),
             owner_id: Set(Some("executor-1".into())),
             lease_expires_at: Set(Some(now)),
+            retry_count: Set(2),
+            retried_at: Set(Some(now)),
         };
         let inserted = run.insert(&db.db).await.unwrap();
         let step = step_execution::ActiveModel {

@@ -30,6 +30,11 @@ pub struct Model {
     pub owner_id: Option<String>,
     /// Until when `owner_id`'s claim holds; another executor may take the run over after it.
     pub lease_expires_at: Option<DateTime>,
+    /// How often the run was retried through the API (runvisor's column).
+    pub retry_count: i32,
+    /// When it was last retried: attempts before this do not count against the retry budget of
+    /// the calls it runs again.
+    pub retried_at: Option<DateTime>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -13,6 +13,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261127_000001_create_tables;
 mod m20261127_000002_run_leases;
 mod m20261127_000003_group_members;
+mod m20261202_000004_api;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000001_create_tables::Migration),
             Box::new(m20261127_000002_run_leases::Migration),
             Box::new(m20261127_000003_group_members::Migration),
+            Box::new(m20261202_000004_api::Migration),
         ]
     }
 }

@@ -72,7 +72,12 @@ pub struct Claim {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimOutcome {
     /// The run is ours now; `history` holds the attempts an earlier owner recorded.
-    Claimed { history: Vec<step_execution::Model>, taken_over: bool },
+    Claimed {
+        history: Vec<step_execution::Model>,
+        taken_over: bool,
+        /// When the run was last retried through the API: attempts before it are spent budget.
+        retried_at: Option<NaiveDateTime>,
+    },
     /// The run already ended: nothing to do.
     Terminal(Box<workflow_run::Model>),
     /// Another executor holds a live lease on it.
@@ -626,6 +631,8 @@ fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
         output_data: Set(run.output.clone()),
         owner_id: Set(run.owner.clone()),
         lease_expires_at: Set(None),
+        retry_count: sea_orm::ActiveValue::NotSet,
+        retried_at: sea_orm::ActiveValue::NotSet,
     }
 }
 
@@ -824,7 +831,7 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
         if db.get_database_backend() == sea_orm::DbBackend::Postgres {
             select = select.lock_exclusive();
         }
-        let taken_over = match select.one(&txn).await? {
+        let (taken_over, retried_at) = match select.one(&txn).await? {
             None => {
                 let mut row = run_row(&claim.run);
                 row.status = Set(RunStatus::Running);
@@ -838,7 +845,7 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
                     txn.rollback().await?;
                     continue;
                 }
-                false
+                (false, None)
             }
             Some(row) if row.status.is_terminal() => {
                 txn.rollback().await?;
@@ -860,12 +867,12 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
                     .filter(C::RunId.eq(run_id))
                     .exec(&txn)
                     .await?;
-                row.status == RunStatus::Running && held_by_other
+                (row.status == RunStatus::Running && held_by_other, row.retried_at)
             }
         };
         txn.commit().await?;
         let history = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
-        return Ok(ClaimOutcome::Claimed { history, taken_over });
+        return Ok(ClaimOutcome::Claimed { history, taken_over, retried_at });
     }
     Err(DbErr::Custom(format!("could not claim run '{run_id}': it kept changing under the claim")))
 }

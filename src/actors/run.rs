@@ -32,10 +32,10 @@ use uuid::Uuid;
 use super::events::Event;
 use super::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, PersistenceHandle, RunWrite, WriteOp};
 use super::step::{StepActor, StepArgs, StepState};
-use crate::agents::{AgentHandle, AgentRegistry, CallContext, StepFailure};
+use crate::agents::{AgentHandle, AgentRegistry, CallContext, LiveRegistry, StepFailure};
 use crate::plan::expr::{LoopFrame, Scope};
 use crate::plan::model::{JoinPolicy, LoopMode, OnError};
-use crate::plan::{Plan, StepKind, condition, mapping, validate};
+use crate::plan::{AgentCatalog, Plan, StepKind, condition, mapping, validate};
 use crate::wire::PlanSource;
 
 /// What the executor shares with every run.
@@ -46,7 +46,8 @@ pub struct RunDeps {
     pub owner: String,
     /// How long a claim on a run holds without renewal.
     pub lease: Duration,
-    pub registry: Arc<AgentRegistry>,
+    /// The agents runs may call; each run takes a snapshot when it starts.
+    pub registry: Arc<LiveRegistry>,
     /// `executor.max_parallel_steps`.
     pub step_limit: Arc<Semaphore>,
     /// Test and chaos hook: told about every actor a run spawns.
@@ -207,7 +208,12 @@ enum ExecKind {
 struct AgentCall {
     agent: AgentHandle,
     input: Value,
+    /// Attempts made so far, counting those of earlier owners and earlier retries of the run:
+    /// attempt rows are numbered by it.
     attempt: u32,
+    /// Attempts made before the run was last retried: they do not count against the policy, so a
+    /// retried run gives a call that had failed its attempts anew.
+    before_retry: u32,
     delays: ExponentialBackoff,
     /// The row of the attempt in flight.
     row_id: String,
@@ -271,6 +277,10 @@ pub struct RunState {
     history: HashMap<String, entity::step_execution::Model>,
     /// This run was taken over from an executor that lost it.
     taken_over: bool,
+    /// The agents this run calls: the registry as it was when the run started.
+    registry: Arc<AgentRegistry>,
+    /// When the run was last retried through the API (attempts before it are spent budget).
+    retried_at: Option<chrono::NaiveDateTime>,
     outputs: HashMap<String, Value>,
     scopes: Vec<IterScope>,
     execs: Vec<Exec>,
@@ -290,6 +300,7 @@ impl Actor for RunActor {
     async fn pre_start(&self, myself: ActorRef<RunMsg>, args: RunArgs) -> Result<RunState, ActorProcessingErr> {
         myself.cast(RunMsg::Start)?;
         let (workflow_id, workflow_name) = args.request.identity();
+        let registry = args.deps.registry.current();
         let meta = RunMeta { workflow_id, workflow_name };
         let mut request = args.request;
         // The input lives once, as the JSON value expressions resolve against.
@@ -304,6 +315,8 @@ impl Actor for RunActor {
             plan: None,
             history: HashMap::new(),
             taken_over: false,
+            registry,
+            retried_at: None,
             outputs: HashMap::new(),
             scopes: Vec::new(),
             execs: Vec::new(),
@@ -500,13 +513,17 @@ impl RunState {
                     Disposition::HeldElsewhere { owner, until },
                 );
             }
-            ClaimOutcome::Claimed { history, taken_over } => {
+            ClaimOutcome::Claimed { history, taken_over, retried_at } => {
                 self.history = history.into_iter().map(|row| (row.id.clone(), row)).collect();
                 self.taken_over = taken_over;
+                self.retried_at = retried_at;
             }
         }
+        if let Ok(document) = &document {
+            self.refresh_registry_for(document).await;
+        }
         let plan = document.and_then(|document| {
-            validate::validate(&document, self.deps.registry.as_ref()).map_err(|invalid| invalid.to_string())
+            validate::validate(&document, self.registry.as_ref()).map_err(|invalid| invalid.to_string())
         });
         let plan = match plan {
             Ok(plan) => plan,
@@ -524,6 +541,22 @@ impl RunState {
         );
         self.advance_sequence(root);
         Ok(())
+    }
+
+    /// When the plan names an agent this executor does not know, reads the `agents` table again
+    /// (an agent created through the API a moment ago), then takes the newest registry.
+    async fn refresh_registry_for(&mut self, document: &Value) {
+        let named = document.get("steps").and_then(Value::as_object).into_iter().flat_map(|steps| steps.values());
+        let unknown = named
+            .filter_map(|step| step.get("agent_name").and_then(Value::as_str))
+            .any(|name| !self.registry.knows(name));
+        if unknown && self.deps.registry.may_refresh_on_demand() {
+            match self.deps.persistence.load_agents().await {
+                Ok(rows) => self.deps.registry.refresh(&rows),
+                Err(error) => tracing::warn!(%error, "cannot read the agents table"),
+            }
+        }
+        self.registry = self.deps.registry.current();
     }
 
     /// Ends this actor for a request it does not execute (the run ended before, or is held).
@@ -554,11 +587,15 @@ impl RunState {
     async fn recall(&mut self, id: ExecId) -> Result<Option<StepResult>, ActorProcessingErr> {
         let (call_path, step_id) = (self.execs[id].ctx.call_path.clone(), self.execs[id].step_id.clone());
         let mut attempts = 0;
+        let mut before_retry = 0;
         let mut last_error = None;
         loop {
             let row_id = self.attempt_row_id(&call_path, &step_id, attempts + 1);
             let Some(row) = self.history.remove(&row_id) else { break };
             attempts += 1;
+            if self.retried_at.is_some_and(|retried| row.started_at < retried) {
+                before_retry += 1;
+            }
             match row.status {
                 StepStatus::Completed => return Ok(Some(Ok(row.output_data.unwrap_or(Value::Null)))),
                 StepStatus::Running => {
@@ -578,12 +615,14 @@ impl RunState {
         }
         let ExecKind::Agent(call) = &mut self.execs[id].kind else { unreachable!("an agent call") };
         call.attempt = attempts;
+        call.before_retry = before_retry;
+        let spent = attempts - before_retry;
         let max_attempts = call.agent.retry_policy().max_attempts();
-        if attempts >= max_attempts {
-            let reason = format!("{} (attempt {attempts} of {max_attempts})", last_error.unwrap_or_default());
+        if spent >= max_attempts {
+            let reason = format!("{} (attempt {spent} of {max_attempts})", last_error.unwrap_or_default());
             return Ok(Some(Err(step_failed(&step_id, call.agent.name(), reason))));
         }
-        for _ in 0..attempts {
+        for _ in 0..spent {
             call.delays.next();
         }
         Ok(None)
@@ -638,7 +677,7 @@ impl RunState {
         match &step.kind {
             StepKind::Agent { agent_name } => {
                 let input = mapping::resolve_input(&step.input_mapping, &view);
-                let agent = self.deps.registry.get(agent_name).cloned();
+                let agent = self.registry.get(agent_name).cloned();
                 let (input, agent) = match (input, agent) {
                     (Ok(input), Some(agent)) => (input, agent),
                     (Err(e), _) => return self.fail_at_start(parent, step_id, ctx, &label, e),
@@ -651,6 +690,7 @@ impl RunState {
                     agent,
                     input: Value::Object(input),
                     attempt: 0,
+                    before_retry: 0,
                     delays,
                     row_id: String::new(),
                     actor: None,
@@ -909,7 +949,8 @@ impl RunState {
             Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
         };
         let end = AttemptEnd { id: call.row_id.clone(), status, output, error: error.clone(), at: Self::now() };
-        let attempt = call.attempt;
+        // Counted against the policy: the attempts since the run was last retried.
+        let attempt = call.attempt - call.before_retry;
         let max_attempts = call.agent.retry_policy().max_attempts();
         let agent_name = call.agent.name().to_string();
         let retry_in = match &result {

@@ -57,7 +57,8 @@ impl Actor for MemoryStore {
             }
             // Every run is new to the in-memory store, and no lease is ever lost.
             PersistMsg::Read(ReadRequest::Claim(_, port)) => {
-                let _ = port.send(Ok(ClaimOutcome::Claimed { history: Vec::new(), taken_over: false }));
+                let _ =
+                    port.send(Ok(ClaimOutcome::Claimed { history: Vec::new(), taken_over: false, retried_at: None }));
             }
             PersistMsg::Read(ReadRequest::Renew { reply, .. }) => {
                 let _ = reply.send(Ok(Vec::new()));
@@ -163,7 +164,7 @@ impl Harness {
             persistence,
             owner: "test-executor".into(),
             lease: std::time::Duration::from_secs(15),
-            registry: Arc::new(AgentRegistry::new(config, &[])),
+            registry: Arc::new(crate::agents::LiveRegistry::new(config, AgentRegistry::new(config, &[]))),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: Some(tap),
         });

@@ -3,7 +3,8 @@
 //! - [`builtin`]: `echo`, `sleep`, `fail`, `panic`, always available;
 //! - [`http`]: HTTP agents speaking JSON-RPC 2.0 `message/send` or the simple JSON protocol;
 //! - [`breaker`]: the per-agent circuit breaker;
-//! - [`registry`]: the names a plan may use — built-ins, `[agents.*]` config and the `agents` table.
+//! - [`registry`]: the names a plan may use — built-ins, `[agents.*]` config and the `agents` table;
+//! - [`live`]: the registry an executor calls through, rebuilt when the `agents` table changes.
 //!
 //! A call's failure is classified as [`StepFailure::Retryable`] or [`StepFailure::Permanent`]; the
 //! run actor retries only the former, per the agent's [`RetryPolicy`].
@@ -11,6 +12,7 @@
 pub mod breaker;
 pub mod builtin;
 pub mod http;
+pub mod live;
 pub mod registry;
 
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 pub use crate::config::RetryPolicy;
+pub use live::LiveRegistry;
 pub use registry::AgentRegistry;
 
 /// Why an agent call attempt failed, and whether trying again may help.

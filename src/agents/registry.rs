@@ -21,6 +21,10 @@ use crate::plan::AgentCatalog;
 #[derive(Debug, Clone)]
 pub struct AgentRegistry {
     agents: HashMap<String, AgentHandle>,
+    /// What each HTTP agent was built from, so a rebuild can keep the agents that did not change
+    /// (with their circuit breakers and concurrency limits) and replace only the others.
+    sources: HashMap<String, AgentConfig>,
+    client: reqwest::Client,
 }
 
 impl AgentRegistry {
@@ -31,6 +35,22 @@ impl AgentRegistry {
             .tcp_nodelay(true)
             .build()
             .expect("a reqwest client with default TLS settings builds");
+        Self::build_from(config, rows, client, None)
+    }
+
+    /// The registry for newer rows of the `agents` table: agents whose definition is unchanged
+    /// keep their handle (breaker state and in-flight limits carry over).
+    pub fn rebuild(&self, config: &Config, rows: &[entity::agent::Model]) -> AgentRegistry {
+        Self::build_from(config, rows, self.client.clone(), Some(self))
+    }
+
+    fn build_from(
+        config: &Config,
+        rows: &[entity::agent::Model],
+        client: reqwest::Client,
+        previous: Option<&AgentRegistry>,
+    ) -> AgentRegistry {
+        let mut sources: HashMap<String, AgentConfig> = HashMap::new();
         let mut agents = HashMap::new();
         for (name, builtin) in Builtin::ALL {
             agents.insert(
@@ -51,15 +71,21 @@ impl AgentRegistry {
             }
             match agent_from_row(row) {
                 Ok(agent) => {
-                    agents.insert(row.name.clone(), build(&row.name, &agent, config, &client));
+                    sources.insert(row.name.clone(), agent);
                 }
                 Err(reason) => tracing::warn!(agent = %row.name, %reason, "agents table row ignored"),
             }
         }
         for (name, agent) in &config.agents {
-            agents.insert(name.clone(), build(name, agent, config, &client));
+            sources.insert(name.clone(), agent.clone());
         }
-        AgentRegistry { agents }
+        for (name, source) in &sources {
+            let kept = previous
+                .filter(|previous| previous.sources.get(name) == Some(source))
+                .and_then(|previous| previous.agents.get(name).cloned());
+            agents.insert(name.clone(), kept.unwrap_or_else(|| build(name, source, config, &client)));
+        }
+        AgentRegistry { agents, sources, client }
     }
 
     pub fn get(&self, name: &str) -> Option<&AgentHandle> {
@@ -175,5 +201,26 @@ mod tests {
         let AgentKind::Http(http) = &researcher.0.kind else { panic!() };
         assert_eq!(http.timeout, Duration::from_millis(1500));
         assert_eq!(http.auth_header, Some(("Authorization".into(), "Bearer t".into())));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_unchanged_agents_and_replaces_edited_ones() {
+        let config = Config::defaults();
+        let before =
+            AgentRegistry::new(&config, &[row("Kept", "http://127.0.0.1:9/k"), row("Edited", "http://127.0.0.1:9/a")]);
+        let after = before.rebuild(
+            &config,
+            &[
+                row("Kept", "http://127.0.0.1:9/k"),
+                row("Edited", "http://127.0.0.1:9/b"),
+                row("New", "http://127.0.0.1:9/n"),
+            ],
+        );
+        let same = |name: &str| Arc::ptr_eq(&before.get(name).unwrap().0, &after.get(name).unwrap().0);
+        assert!(same("Kept"), "an unchanged agent keeps its handle and breaker");
+        assert!(!same("Edited"));
+        assert!(after.knows("New"));
+        let AgentKind::Http(edited) = &after.get("Edited").unwrap().0.kind else { panic!() };
+        assert_eq!(edited.url, "http://127.0.0.1:9/b");
     }
 }

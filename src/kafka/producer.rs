@@ -67,12 +67,52 @@ pub async fn dead_letter(producer: &FutureProducer, topic: &str, key: Option<&[u
         .await;
 }
 
+/// Publishes records and waits until the broker has each (acks=all), within a time limit: what
+/// producers of requests (the API, the outbox relay) use.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("timeout", &self.timeout).finish()
+    }
+}
+
+impl Publisher {
+    pub fn new(broker: &Broker, config: &KafkaConfig, timeout: Duration) -> Result<Self, rdkafka::error::KafkaError> {
+        let producer = broker
+            .client_config(config)
+            .set("linger.ms", "1")
+            .set("acks", "all")
+            .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .create()?;
+        Ok(Self { producer, timeout })
+    }
+
+    /// Whether the brokers answer a metadata request within `timeout` (readiness checks).
+    pub async fn check(&self, timeout: Duration) -> Result<(), rdkafka::error::KafkaError> {
+        use rdkafka::producer::Producer as _;
+        let producer = self.producer.clone();
+        // librdkafka's metadata call blocks its thread.
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(|_| ()))
+            .await
+            .unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
+    }
+
+    /// Sends one record keyed by `key`; an error says why the broker does not have it.
+    pub async fn send(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), rdkafka::error::KafkaError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        self.producer.send(record, self.timeout).await.map(|_| ()).map_err(|(error, _)| error)
+    }
+}
+
 /// Publishes one execution request and waits until the broker has it (`runvisor submit`).
 pub async fn submit(config: &KafkaConfig, message: &crate::wire::ExecutionRequestMessage) -> anyhow::Result<()> {
     let broker = Broker::start(config)?;
-    let producer = producer(&broker, config)?;
-    let payload = serde_json::to_vec(message)?;
-    let record = FutureRecord::to(&config.requests_topic).key(message.run_id.as_str()).payload(&payload);
-    producer.send(record, Duration::from_secs(30)).await.map_err(|(error, _)| error)?;
+    let publisher = Publisher::new(&broker, config, Duration::from_secs(30))?;
+    publisher.send(&config.requests_topic, &message.run_id, &serde_json::to_vec(message)?).await?;
     Ok(())
 }

@@ -11,13 +11,19 @@
 //! Everything else in the crate is a part: it takes what it needs as arguments and starts nothing
 //! it was not asked to. Binaries call these functions and nothing below them.
 
+mod api_server;
 mod consume;
+mod dev;
 mod local;
 mod node;
+mod serve;
 
+pub use api_server::ApiServer;
 pub use consume::consume;
+pub use dev::dev;
 pub use local::{read_input, run_plan, submit};
 pub use node::ExecutorNode;
+pub use serve::serve_api;
 
 use sea_orm::DatabaseConnection;
 

@@ -1,0 +1,149 @@
+//! What the HTTP API needs: the platform's `audit_logs`, runvisor's request outbox, and the retry
+//! bookkeeping of a run.
+//!
+//! - `audit_logs` is the platform's table (its API writes one row per mutation); created only where
+//!   missing, with the platform's columns and indexes, so a database the platform made is adopted.
+//! - `runvisor_outbox` holds execution requests committed with the run they start, until a broker
+//!   has taken them (see `runvisor::service::outbox`).
+//! - `workflow_runs.retry_count` / `retried_at`: how often a run was retried, and when last; the
+//!   executor gives failed calls a fresh attempt budget from that moment on.
+
+use sea_orm_migration::prelude::*;
+use sea_orm_migration::schema::*;
+use sea_orm_migration::sea_orm::DbBackend;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[derive(DeriveIden)]
+enum AuditLogs {
+    Table,
+    Id,
+    EntityType,
+    EntityId,
+    Action,
+    UserId,
+    Changes,
+    CreatedAt,
+    UpdatedAt,
+}
+
+#[derive(DeriveIden)]
+enum RunvisorOutbox {
+    Table,
+    Id,
+    Topic,
+    MessageKey,
+    Payload,
+    CreatedAt,
+    Attempts,
+    NextAttemptAt,
+    LastError,
+}
+
+#[derive(DeriveIden)]
+enum WorkflowRuns {
+    Table,
+    RetryCount,
+    RetriedAt,
+}
+
+fn utc_now(backend: DbBackend) -> Expr {
+    match backend {
+        DbBackend::Postgres => Expr::cust("(now() AT TIME ZONE 'utc')"),
+        _ => Expr::current_timestamp(),
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let backend = manager.get_database_backend();
+        manager
+            .create_table(
+                Table::create()
+                    .table(AuditLogs::Table)
+                    .if_not_exists()
+                    .col(pk_uuid(AuditLogs::Id))
+                    .col(string_len(AuditLogs::EntityType, 50))
+                    .col(uuid(AuditLogs::EntityId))
+                    .col(string_len(AuditLogs::Action, 50))
+                    .col(string_len_null(AuditLogs::UserId, 255))
+                    .col(json_binary_null(AuditLogs::Changes))
+                    .col(timestamp(AuditLogs::CreatedAt).default(utc_now(backend)))
+                    .col(timestamp(AuditLogs::UpdatedAt).default(utc_now(backend)))
+                    .to_owned(),
+            )
+            .await?;
+        for (name, columns) in [
+            ("idx_audit_logs_entity_type_id", vec![AuditLogs::EntityType, AuditLogs::EntityId]),
+            ("idx_audit_logs_created_at", vec![AuditLogs::CreatedAt]),
+            ("idx_audit_logs_action", vec![AuditLogs::Action]),
+        ] {
+            let mut index = Index::create();
+            index.name(name).table(AuditLogs::Table).if_not_exists();
+            for column in columns {
+                index.col(column);
+            }
+            manager.create_index(index).await?;
+        }
+
+        manager
+            .create_table(
+                Table::create()
+                    .table(RunvisorOutbox::Table)
+                    .if_not_exists()
+                    .col(pk_uuid(RunvisorOutbox::Id))
+                    .col(string_len(RunvisorOutbox::Topic, 255))
+                    .col(string_len(RunvisorOutbox::MessageKey, 255))
+                    .col(text(RunvisorOutbox::Payload))
+                    .col(timestamp(RunvisorOutbox::CreatedAt).default(utc_now(backend)))
+                    .col(integer(RunvisorOutbox::Attempts).default(0))
+                    .col(timestamp(RunvisorOutbox::NextAttemptAt).default(utc_now(backend)))
+                    .col(text_null(RunvisorOutbox::LastError))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_runvisor_outbox_next_attempt_at")
+                    .table(RunvisorOutbox::Table)
+                    .col(RunvisorOutbox::NextAttemptAt)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+
+        if !manager.has_column("workflow_runs", "retry_count").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WorkflowRuns::Table)
+                        .add_column(integer(WorkflowRuns::RetryCount).default(0))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        if !manager.has_column("workflow_runs", "retried_at").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WorkflowRuns::Table)
+                        .add_column(timestamp_null(WorkflowRuns::RetriedAt))
+                        .to_owned(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        for column in [WorkflowRuns::RetryCount, WorkflowRuns::RetriedAt] {
+            manager.alter_table(Table::alter().table(WorkflowRuns::Table).drop_column(column).to_owned()).await?;
+        }
+        manager.drop_table(Table::drop().table(RunvisorOutbox::Table).if_exists().to_owned()).await?;
+        // audit_logs may be the platform's: it is left in place.
+        Ok(())
+    }
+}
