@@ -46,6 +46,13 @@ enum Command {
     /// Everything in one process on the embedded defaults: schema, executor, in-process broker and
     /// the API; prints the URL and a curl that runs a workflow. Ctrl-C stops it.
     Dev,
+    /// Exit 0 if URL answers 2xx within a few seconds (container health checks: the runtime image
+    /// has no curl). Default: the API's /health on api.listen.
+    Healthcheck {
+        /// What to probe, e.g. http://127.0.0.1:9464/health for `consume` with metrics.listen set.
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Publish an execution request for a plan; print its run_id.
     Submit {
         /// A workflow plan in the platform's JSON format.
@@ -115,6 +122,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev => {
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(modes::dev(&config, modes::termination()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { url } => {
+            let url =
+                url.unwrap_or_else(|| format!("http://{}/health", config.api.listen.replace("0.0.0.0", "127.0.0.1")));
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(modes::healthcheck(&url))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit { plan, input, run_id, wait } => {

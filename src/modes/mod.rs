@@ -46,3 +46,10 @@ pub async fn termination() {
         _ = int.recv() => {}
     }
 }
+
+/// `runvisor healthcheck`: succeeds when `url` answers 2xx within 5 s.
+pub async fn healthcheck(url: &str) -> anyhow::Result<()> {
+    let response = reqwest::Client::new().get(url).timeout(std::time::Duration::from_secs(5)).send().await?;
+    anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
+    Ok(())
+}
