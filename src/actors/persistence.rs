@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
+use crate::observability::metrics as names;
 
 /// A run row as the executor writes it: inserted if absent, else advanced if not yet terminal.
 #[derive(Debug, Clone, PartialEq)]
@@ -513,8 +514,11 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
         }
     }
 
+    let started = Instant::now();
     match commit(&state.args.db, &batch).await {
         Ok(()) => {
+            metrics::histogram!(names::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
             state.backoff = None;
             state.isolating = false;
             journal.transactions.fetch_add(1, Ordering::Relaxed);
@@ -538,7 +542,9 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
             acknowledge(&journal, 1, Err(PersistError::Rejected(error.to_string())));
         }
     }
-    if !journal.is_empty() && !journal.wake_sent.swap(true, Ordering::AcqRel) {
+    let queued = journal.len();
+    metrics::gauge!(names::JOURNAL_LENGTH).set(queued as f64);
+    if queued > 0 && !journal.wake_sent.swap(true, Ordering::AcqRel) {
         let _ = myself.cast(PersistMsg::Wake);
     }
 }

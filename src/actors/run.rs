@@ -27,12 +27,14 @@ use entity::{RunStatus, StepStatus};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::events::Event;
 use super::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, PersistenceHandle, RunWrite, WriteOp};
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, LiveRegistry, StepFailure};
+use crate::observability::metrics as names;
 use crate::plan::expr::{LoopFrame, Scope};
 use crate::plan::model::{JoinPolicy, LoopMode, OnError};
 use crate::plan::{AgentCatalog, Plan, StepKind, condition, mapping, validate};
@@ -217,6 +219,8 @@ struct AgentCall {
     delays: ExponentialBackoff,
     /// The row of the attempt in flight.
     row_id: String,
+    /// When the attempt in flight started, for its duration metric.
+    started: Option<std::time::Instant>,
     actor: Option<ActorCell>,
 }
 
@@ -266,6 +270,10 @@ struct RunMeta {
 #[derive(Debug)]
 pub struct RunState {
     run_id: String,
+    /// Every event this run logs is inside it: `run{run_id}`.
+    span: tracing::Span,
+    /// When this actor took the run: what its duration metric measures.
+    started: std::time::Instant,
     request: RunRequest,
     deps: Arc<RunDeps>,
     finished: Arc<OnceLock<RunOutcome>>,
@@ -306,7 +314,9 @@ impl Actor for RunActor {
         // The input lives once, as the JSON value expressions resolve against.
         let input = Value::Object(std::mem::take(&mut request.input));
         Ok(RunState {
+            span: tracing::info_span!("run", run_id = %request.run_id),
             run_id: request.run_id.clone(),
+            started: std::time::Instant::now(),
             input,
             request,
             deps: args.deps,
@@ -332,37 +342,8 @@ impl Actor for RunActor {
         message: RunMsg,
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
-        if state.done {
-            return Ok(());
-        }
-        match message {
-            RunMsg::Start => state.start(&myself).await?,
-            RunMsg::Retry(id) => {
-                if !state.execs[id].finished {
-                    state.queue.push_back(Action::Attempt(id));
-                }
-            }
-            RunMsg::BranchTimeout(id) => {
-                if !state.execs[id].finished {
-                    let ExecKind::Sequence { deadline, .. } = &state.execs[id].kind else { return Ok(()) };
-                    let seconds = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
-                    state.cancel_descendants(id, "branch timed out").await?;
-                    state.queue.push_back(Action::Finish(id, Err(format!("timed out after {seconds}s"))));
-                }
-            }
-            RunMsg::Cancel { cancelled_by, reason } => {
-                let reason = reason.unwrap_or_else(|| "no reason given".into());
-                if !state.execs.is_empty() {
-                    state.cancel_descendants(0, &format!("Cancelled: {reason}")).await?;
-                }
-                state.queue.clear();
-                state
-                    .conclude(&myself, RunStatus::Cancelled, None, Some(format!("Cancelled: {reason}")), cancelled_by)
-                    .await?;
-                return Ok(());
-            }
-        }
-        state.drive(&myself).await
+        let span = state.span.clone();
+        state.on_message(&myself, message).instrument(span).await
     }
 
     async fn handle_supervisor_evt(
@@ -370,6 +351,51 @@ impl Actor for RunActor {
         myself: ActorRef<RunMsg>,
         event: SupervisionEvent,
         state: &mut RunState,
+    ) -> Result<(), ActorProcessingErr> {
+        let span = state.span.clone();
+        state.on_step_exit(&myself, event).instrument(span).await
+    }
+}
+
+impl RunState {
+    async fn on_message(&mut self, myself: &ActorRef<RunMsg>, message: RunMsg) -> Result<(), ActorProcessingErr> {
+        if self.done {
+            return Ok(());
+        }
+        match message {
+            RunMsg::Start => self.start(myself).await?,
+            RunMsg::Retry(id) => {
+                if !self.execs[id].finished {
+                    self.queue.push_back(Action::Attempt(id));
+                }
+            }
+            RunMsg::BranchTimeout(id) => {
+                if !self.execs[id].finished {
+                    let ExecKind::Sequence { deadline, .. } = &self.execs[id].kind else { return Ok(()) };
+                    let seconds = deadline.map(|d| d.as_secs_f64()).unwrap_or_default();
+                    self.cancel_descendants(id, "branch timed out").await?;
+                    self.queue.push_back(Action::Finish(id, Err(format!("timed out after {seconds}s"))));
+                }
+            }
+            RunMsg::Cancel { cancelled_by, reason } => {
+                let reason = reason.unwrap_or_else(|| "no reason given".into());
+                if !self.execs.is_empty() {
+                    self.cancel_descendants(0, &format!("Cancelled: {reason}")).await?;
+                }
+                self.queue.clear();
+                self.conclude(myself, RunStatus::Cancelled, None, Some(format!("Cancelled: {reason}")), cancelled_by)
+                    .await?;
+                return Ok(());
+            }
+        }
+        self.drive(myself).await
+    }
+
+    /// A StepActor ended: its exit carries the attempt's result (see `step`).
+    async fn on_step_exit(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        event: SupervisionEvent,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, result) = match event {
             SupervisionEvent::ActorTerminated(cell, Some(mut exit_state), _) => {
@@ -389,12 +415,12 @@ impl Actor for RunActor {
             _ => return Ok(()),
         };
         // Exits of StepActors this run already gave up on (cancelled, timed out) are ignored.
-        let Some(id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
-        if state.done || state.execs[id].finished {
+        let Some(id) = self.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        if self.done || self.execs[id].finished {
             return Ok(());
         }
-        state.attempt_ended(&myself, id, result).await?;
-        state.drive(&myself).await
+        self.attempt_ended(myself, id, result).await?;
+        self.drive(myself).await
     }
 }
 
@@ -531,6 +557,7 @@ impl RunState {
         };
         self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
         self.deps.persistence.report(self.run_event(RunStatus::Running, None));
+        metrics::counter!(names::RUNS_STARTED).increment(1);
         let main_chain = plan.main_chain.clone();
         self.plan = Some(Arc::new(plan));
         let root = self.add_exec(
@@ -693,6 +720,7 @@ impl RunState {
                     before_retry: 0,
                     delays,
                     row_id: String::new(),
+                    started: None,
                     actor: None,
                 };
                 let id = self.add_exec(Some(parent), step_id, ctx, ExecKind::Agent(call));
@@ -874,6 +902,7 @@ impl RunState {
         let exec = &mut self.execs[id];
         let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
         call.attempt += 1;
+        call.started = Some(std::time::Instant::now());
         let attempt = call.attempt;
         let step_id = exec.step_id.clone();
         let ctx = exec.ctx.clone();
@@ -949,6 +978,7 @@ impl RunState {
             Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
         };
         let end = AttemptEnd { id: call.row_id.clone(), status, output, error: error.clone(), at: Self::now() };
+        record_attempt(call, status);
         // Counted against the policy: the attempts since the run was last retried.
         let attempt = call.attempt - call.before_retry;
         let max_attempts = call.agent.retry_policy().max_attempts();
@@ -1119,6 +1149,7 @@ impl RunState {
             let Some(actor) = call.actor.take() else { continue };
             self.by_actor.remove(&actor.get_id());
             actor.kill();
+            record_attempt(call, StepStatus::Cancelled);
             let end = AttemptEnd {
                 id: call.row_id.clone(),
                 status: StepStatus::Cancelled,
@@ -1154,6 +1185,9 @@ impl RunState {
             self.deps.persistence.write_later(abandon, None);
         }
         let terminal = self.run_write(status, output.clone(), error.clone(), cancelled_by);
+        metrics::counter!(names::RUNS_FINISHED, "status" => status.as_str()).increment(1);
+        metrics::histogram!(names::RUN_DURATION, "status" => status.as_str())
+            .record(self.started.elapsed().as_secs_f64());
         self.deps.persistence.write_and_report(terminal, self.run_event(status, error.clone())).await?;
         let _ = self.finished.set(RunOutcome {
             run_id: self.run_id.clone(),
@@ -1183,6 +1217,15 @@ impl RunState {
             error,
         }
     }
+}
+
+/// Counts an attempt that ended, and how long its call took.
+fn record_attempt(call: &AgentCall, status: StepStatus) {
+    let agent = call.agent.name().to_string();
+    if let Some(started) = call.started {
+        metrics::histogram!(names::ATTEMPT_DURATION, "agent" => agent.clone()).record(started.elapsed().as_secs_f64());
+    }
+    metrics::counter!(names::ATTEMPTS, "agent" => agent, "status" => status.as_str()).increment(1);
 }
 
 fn conditional_output(result: bool, branch: Option<String>, output: Value) -> Value {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::agents::{AgentHandle, CallContext, StepFailure};
 
@@ -46,10 +47,14 @@ impl Actor for StepActor {
 
     async fn handle(&self, myself: ActorRef<()>, _: (), state: &mut StepState) -> Result<(), ActorProcessingErr> {
         let args = &state.args;
-        let result = {
+        let context = &args.context;
+        let span = tracing::info_span!("attempt", run_id = %context.run_id, step_id = %context.step_id, attempt = context.attempt);
+        let result = async {
             let _permit = args.global_limit.acquire().await?;
-            args.agent.call(&args.input, &args.context).await
-        };
+            Ok::<_, ActorProcessingErr>(args.agent.call(&args.input, context).await)
+        }
+        .instrument(span)
+        .await?;
         state.result = Some(result);
         myself.stop(None);
         Ok(())

@@ -20,6 +20,7 @@ use super::persistence::LeaseState;
 use super::persistence::{PersistenceActor, PersistenceArgs, PersistenceHandle, RunWrite, WriteOp};
 use super::run::{Disposition, RunActor, RunArgs, RunDeps, RunMsg, RunOutcome, RunRequest, Spawned};
 use crate::config::PersistenceConfig;
+use crate::observability::metrics as names;
 
 #[derive(Debug)]
 pub enum SupervisorMsg {
@@ -108,6 +109,7 @@ impl Actor for RunSupervisor {
                 let active =
                     ActiveRun { actor, request, finished, waiting: on_done.into_iter().collect(), abandoned: None };
                 state.runs.insert(run_id, active);
+                metrics::gauge!(names::RUNS_IN_FLIGHT).set(state.runs.len() as f64);
             }
             SupervisorMsg::Cancel { run_id, cancelled_by, reason, done } => match state.runs.get(&run_id) {
                 Some(active) => {
@@ -189,6 +191,7 @@ impl Actor for RunSupervisor {
         };
         let Some(run_id) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
         let Some(run) = state.runs.remove(&run_id) else { return Ok(()) };
+        metrics::gauge!(names::RUNS_IN_FLIGHT).set(state.runs.len() as f64);
         if let Some(outcome) = run.finished.get() {
             for waiter in run.waiting {
                 let _ = waiter.send(outcome.clone());
@@ -206,6 +209,7 @@ impl Actor for RunSupervisor {
         // RUNNING attempts, so the database never shows a run ended with attempts still running.
         let message = crash.unwrap_or_else(|| "RunActor stopped before the run ended".into());
         tracing::error!(%run_id, %message, "run failed because its actor did not finish it");
+        metrics::counter!(names::RUNS_FINISHED, "status" => RunStatus::Failed.as_str()).increment(1);
         let persistence = state.deps.persistence.clone();
         let now = chrono::Utc::now().naive_utc();
         let (workflow_id, workflow_name) = run.request.identity();

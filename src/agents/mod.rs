@@ -137,6 +137,12 @@ impl AgentHandle {
         };
         if let (Some(breaker), Some(trial)) = (&entry.breaker, trial) {
             breaker.record(trial, !matches!(result, Err(StepFailure::Retryable(_))));
+            let state = match breaker.state() {
+                breaker::BreakerState::Closed => 0.0,
+                breaker::BreakerState::HalfOpen => 1.0,
+                breaker::BreakerState::Open => 2.0,
+            };
+            metrics::gauge!(crate::observability::metrics::BREAKER_STATE, "agent" => entry.name.clone()).set(state);
         }
         result
     }

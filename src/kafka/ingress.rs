@@ -37,6 +37,7 @@ use super::producer::dead_letter;
 use crate::actors::run::{Disposition, RunOutcome, RunRequest};
 use crate::config::Config;
 use crate::executor::Executor;
+use crate::observability::metrics as names;
 use crate::wire::{PlanSource, Request, decode_request};
 
 /// A partition: (topic, partition).
@@ -85,7 +86,22 @@ pub struct IngressContext {
     ingress: Mutex<Option<ActorRef<IngressMsg>>>,
 }
 
-impl ClientContext for IngressContext {}
+impl ClientContext for IngressContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): the lag of each partition this
+    /// member consumes, for `/metrics`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; a lag of -1 is unknown.
+                if *partition < 0 || stats.consumer_lag < 0 {
+                    continue;
+                }
+                metrics::gauge!(names::CONSUMER_LAG, "topic" => topic.clone(), "partition" => partition.to_string())
+                    .set(stats.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for IngressContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -387,6 +403,8 @@ impl IngressState {
             tracing::warn!(%error, pause, "cannot pause or resume partitions");
         }
         self.paused = pause;
+        let paused = if pause { assignment.count() } else { 0 };
+        metrics::gauge!(names::PARTITIONS_PAUSED).set(paused as f64);
     }
 
     fn finish_drain_if_idle(&mut self) {
@@ -419,7 +437,8 @@ pub fn consumer(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", session_timeout)
         .set("heartbeat.interval.ms", property("heartbeat.interval.ms", "1000"))
-        .set("fetch.wait.max.ms", property("fetch.wait.max.ms", "10"));
+        .set("fetch.wait.max.ms", property("fetch.wait.max.ms", "10"))
+        .set("statistics.interval.ms", property("statistics.interval.ms", "5000"));
     client.create_with_context(IngressContext { ingress: Mutex::new(None) })
 }
 
