@@ -178,8 +178,13 @@ async fn correlation_id(request: Request, next: Next) -> Response {
 
 /// Counts requests by method, matched route and status, and times them.
 async fn record_request(request: Request, next: Next) -> Response {
-    let route =
-        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    // `/runs/{run_id}` is labelled `/runs/:run_id`: braces are valid in a label value, but naive
+    // parsers of the text format split on them.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().replace('{', ":").replace('}', ""))
+        .unwrap_or_else(|| "unmatched".into());
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+
 use runvisor::Config;
 use runvisor::actors::events::{ChannelSink, Event};
 use runvisor::actors::run::{RunRequest, Spawned};
