@@ -247,6 +247,12 @@ impl Tansu {
         self.launch().await;
     }
 
+    /// Starts a killed broker again on the same port and storage.
+    pub async fn start_again(&mut self) {
+        assert!(self.process.is_none(), "the broker is running");
+        self.launch().await;
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.process.take() {
             let _ = child.kill();
@@ -308,6 +314,54 @@ impl ExecutorProcess {
 }
 
 impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `runvisor api` process on a free port.
+pub struct ApiProcess {
+    child: std::process::Child,
+    pub base: String,
+}
+
+impl ApiProcess {
+    /// Starts `runvisor api` and waits until it answers `/health`.
+    pub async fn start(brokers: &str, database_url: &str, extra_env: &[(&str, &str)]) -> ApiProcess {
+        let port = free_port();
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("runvisor-api-{port}.log"))).unwrap();
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runvisor"));
+        command
+            .arg("api")
+            .env("RUNVISOR__KAFKA__BROKERS", brokers)
+            .env("RUNVISOR__DATABASE__URL", database_url)
+            .env("RUNVISOR__KAFKA__TOPIC_PARTITIONS", "4")
+            .env("RUNVISOR__API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info,sqlx=warn,librdkafka=warn")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("runvisor api starts");
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while client.get(format!("{base}/health")).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "runvisor api did not answer /health on port {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ApiProcess { child, base }
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ApiProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

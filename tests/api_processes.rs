@@ -1,0 +1,159 @@
+//! The API as users deploy it, in real processes: `runvisor dev` from an empty directory, and
+//! `runvisor api` beside `runvisor consume` on tansu and PostgreSQL, killed right after it
+//! answered 202 while the broker was down.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{ApiProcess, ExecutorProcess, Tansu, TestDb};
+use serde_json::{Value, json};
+
+/// Polls `url` (a run) until its status is terminal.
+async fn until_terminal(client: &reqwest::Client, url: &str, within: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(response) = client.get(url).send().await {
+            let run: Value = response.json().await.unwrap_or(Value::Null);
+            if matches!(run["status"].as_str(), Some("COMPLETED" | "FAILED" | "CANCELLED")) {
+                return run;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{url} did not end within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn workflow_body(name: &str) -> Value {
+    json!({"name": name, "start_step": "a", "steps": {
+        "a": {"id": "a", "agent_name": "echo", "input_mapping": {"topic": "${workflow.input.topic}"}, "next_step": "b"},
+        "b": {"id": "b", "agent_name": "sleep", "input_mapping": {"ms": 100, "topic": "${a.output.topic}"}, "next_step": null}
+    }})
+}
+
+#[tokio::test]
+async fn runvisor_dev_from_an_empty_directory_runs_a_workflow_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_runvisor"))
+        .arg("dev")
+        .current_dir(dir.path())
+        .env("RUNVISOR__API__LISTEN", "127.0.0.1:0")
+        .env_remove("RUNVISOR__DATABASE__URL")
+        .env_remove("RUNVISOR__KAFKA__BROKERS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("runvisor dev starts");
+    // The banner names the API's address and a curl that runs the example workflow.
+    let stdout = child.stdout.take().unwrap();
+    let banner = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("/runs/<run_id>");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines.join("\n")
+    });
+    let banner = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("the banner is printed").unwrap();
+    let api = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API").map(|rest| rest.trim().to_string()))
+        .unwrap_or_else(|| panic!("no API line in the banner:\n{banner}"));
+    assert!(banner.contains("curl -s -X POST") && banner.contains("/execute"), "{banner}");
+
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{api}/workflows"))
+        .json(&workflow_body("smoke"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}"));
+    let accepted = client
+        .post(format!("{api}/workflows/{id}/execute"))
+        .json(&json!({"input_data": {"topic": "dev"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
+    let run_id = accepted.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
+    let run = until_terminal(&client, &format!("{api}/runs/{run_id}"), Duration::from_secs(60)).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output_data"]["topic"], "dev");
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(60), status).await.expect("dev stops after SIGTERM").unwrap();
+    assert!(status.success(), "runvisor dev exits 0 after SIGTERM: {status}");
+    assert!(dir.path().join("runvisor.db").exists(), "the embedded database is in the working directory");
+}
+
+#[tokio::test]
+async fn runs_the_api_accepted_complete_once_though_the_api_died_and_the_broker_was_down() {
+    let mut tansu = Tansu::start().await;
+    let db = TestDb::postgres().await.migrated().await;
+    let url = db.config.url.clone();
+    let group = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let fast_relay = [("RUNVISOR__OUTBOX__GRACE_MS", "500"), ("RUNVISOR__OUTBOX__PUBLISH_TIMEOUT_MS", "1500")];
+    let api = ApiProcess::start(&tansu.brokers(), &url, &fast_relay).await;
+    let executor = ExecutorProcess::start("e1", &tansu.brokers(), &url, &group, &fast_relay);
+    let client = reqwest::Client::new();
+    let created: Value = client
+        .post(format!("{}/api/v1/workflows", api.base))
+        .json(&workflow_body("durable"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let execute = |topic: &str| {
+        client
+            .post(format!("{}/api/v1/workflows/{id}/execute", api.base))
+            .json(&json!({"input_data": {"topic": topic}}))
+            .send()
+    };
+
+    // One run accepted while the broker is up, one while it is down.
+    let first = execute("up").await.unwrap();
+    assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
+    let first: Value = first.json().await.unwrap();
+    tansu.kill();
+    let second = execute("down").await.unwrap();
+    assert_eq!(second.status(), reqwest::StatusCode::ACCEPTED, "accepted although the broker is down");
+    let second: Value = second.json().await.unwrap();
+    // The API dies right after answering.
+    api.kill();
+    assert_eq!(second["status"], "PENDING");
+    let waiting = second["error_message"].as_str().unwrap_or_default();
+    assert!(waiting.starts_with("Failed to publish to Kafka: "), "the run says why it waits: {second}");
+    let second_id = second["run_id"].as_str().unwrap().to_string();
+    let queued = db.query(&format!("SELECT message_key FROM runvisor_outbox WHERE message_key = '{second_id}'")).await;
+    assert_eq!(queued.len(), 1, "the request waits in the outbox");
+
+    // The broker comes back; the executor's relay publishes what the API could not.
+    tansu.start_again().await;
+    let reader = runvisor::db::connect(&db.config).await.unwrap();
+    for run in [&first, &second] {
+        let run_id = run["run_id"].as_str().unwrap();
+        let (row, steps) = runvisor::report::wait_for_run(&reader, run_id).await.unwrap();
+        assert_eq!(row.status, entity::RunStatus::Completed, "{run_id}: {:?}", row.error_message);
+        assert_eq!(row.error_message, None, "the publish error is gone once the run ran");
+        let mut attempts: Vec<(String, i32)> = steps.iter().map(|s| (s.step_id.clone(), s.attempt)).collect();
+        attempts.sort();
+        assert_eq!(attempts, [("a".to_string(), 1), ("b".to_string(), 1)], "{run_id} ran once");
+    }
+    let left = db.query("SELECT count(*) AS n FROM runvisor_outbox").await;
+    assert_eq!(left[0]["n"], 0, "nothing left to publish");
+    assert_eq!(executor.terminate().code(), Some(0));
+}
