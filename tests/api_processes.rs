@@ -36,6 +36,8 @@ fn workflow_body(name: &str) -> Value {
 #[tokio::test]
 async fn runvisor_dev_from_an_empty_directory_runs_a_workflow_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
+    let log_path = std::env::temp_dir().join(format!("runvisor-dev-{}.log", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_runvisor"))
         .arg("dev")
         .current_dir(dir.path())
@@ -43,24 +45,28 @@ async fn runvisor_dev_from_an_empty_directory_runs_a_workflow_and_stops_on_sigte
         .env_remove("RUNVISOR__DATABASE__URL")
         .env_remove("RUNVISOR__KAFKA__BROKERS")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("runvisor dev starts");
     // The banner names the API's address and a curl that runs the example workflow.
     let stdout = child.stdout.take().unwrap();
-    let banner = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
+    let (banner_tx, banner_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
+        let mut banner = Vec::new();
+        for line in lines.by_ref() {
             let done = line.contains("/runs/<run_id>");
-            lines.push(line);
+            banner.push(line);
             if done {
                 break;
             }
         }
-        lines.join("\n")
+        let _ = banner_tx.send(banner.join("\n"));
+        // Keep reading until the process ends, as a terminal would.
+        lines.for_each(drop);
     });
-    let banner = tokio::time::timeout(Duration::from_secs(60), banner).await.expect("the banner is printed").unwrap();
+    let banner =
+        tokio::time::timeout(Duration::from_secs(60), banner_rx).await.expect("the banner is printed").unwrap();
     let api = banner
         .lines()
         .find_map(|l| l.trim().strip_prefix("API").map(|rest| rest.trim().to_string()))
@@ -87,7 +93,7 @@ async fn runvisor_dev_from_an_empty_directory_runs_a_workflow_and_stops_on_sigte
     assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
     let run_id = accepted.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
     let run = until_terminal(&client, &format!("{api}/runs/{run_id}"), Duration::from_secs(60)).await;
-    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["status"], "COMPLETED", "{run} (log: {})", log_path.display());
     assert_eq!(run["output_data"]["topic"], "dev");
 
     Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();

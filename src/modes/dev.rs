@@ -1,6 +1,7 @@
 //! `runvisor dev`: everything in one process on the embedded defaults — schema, executor,
 //! in-process broker, API — for trying runvisor and for developing against it.
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use entity::workflow_definition;
@@ -24,7 +25,8 @@ pub async fn dev(config: &Config, shutdown: impl std::future::Future<Output = ()
     let node = ExecutorNode::start(config, &broker, db.clone()).await?;
     let api = ApiServer::start(config, db.clone(), &broker).await?;
     let example = example_definition(&db, config).await?;
-    println!("{}", banner(config, &broker, api.addr(), &example));
+    // A closed stdout (`runvisor dev | head`) must not stop the service.
+    let _ = writeln!(std::io::stdout(), "{}", banner(config, &broker, api.addr(), &example));
     shutdown.await;
     tracing::info!("stopping: API first, then the executor");
     api.stop().await;
