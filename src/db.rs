@@ -37,8 +37,16 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
     Database::connect(options).await.map_err(|source| DbError::Connect { url: redact(&config.url), source })
 }
 
-/// Creates or upgrades the schema; a no-op when it is current.
+/// Creates or upgrades the schema; a no-op when it is current. Says what it applies, and nothing
+/// when there is nothing to apply (every mode migrates at start; a log line per start for an
+/// unchanged schema would be noise).
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
+    let pending = Migrator::get_pending_migrations(db).await.map_err(DbError::Migrate)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = pending.iter().map(|m| m.name().to_string()).collect();
+    tracing::info!(migrations = ?names, "applying schema migrations");
     Migrator::up(db, None).await.map_err(DbError::Migrate)
 }
 
