@@ -163,3 +163,82 @@ async fn runs_the_api_accepted_complete_once_though_the_api_died_and_the_broker_
     assert_eq!(left[0]["n"], 0, "nothing left to publish");
     assert_eq!(executor.terminate().code(), Some(0));
 }
+
+/// Two executors; runs cancelled through the API end CANCELLED once, with their calls in flight
+/// CANCELLED, whether the cancellation message reached the executor holding the run or the other
+/// one (which records it; the holder sees it at its next lease renewal).
+#[tokio::test]
+async fn runs_cancelled_through_the_api_end_cancelled_whichever_executor_holds_them() {
+    let tansu = Tansu::start().await;
+    let db = TestDb::postgres().await.migrated().await;
+    let url = db.config.url.clone();
+    let group = format!("g{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let api = ApiProcess::start(&tansu.brokers(), &url, &[]).await;
+    let left = ExecutorProcess::start("left", &tansu.brokers(), &url, &group, &[]);
+    let right = ExecutorProcess::start("right", &tansu.brokers(), &url, &group, &[]);
+    let client = reqwest::Client::new();
+    let body = json!({"name": "long", "start_step": "wait", "steps": {
+        "wait": {"id": "wait", "agent_name": "sleep", "input_mapping": {"ms": 120000}, "next_step": null}}});
+    let created: Value =
+        client.post(format!("{}/api/v1/workflows", api.base)).json(&body).send().await.unwrap().json().await.unwrap();
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+
+    // Start runs until both executors hold some with a call in flight.
+    let held = "SELECT count(DISTINCT r.owner_id) AS n FROM workflow_runs r \
+                JOIN step_executions s ON s.run_id = r.run_id AND s.status = 'RUNNING'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let mut runs = Vec::new();
+    while db.query(held).await[0]["n"] != 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both executors never held runs");
+        let accepted: Value = client
+            .post(format!("{}/api/v1/workflows/{id}/execute", api.base))
+            .json(&json!({"input_data": {}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        runs.push(accepted["run_id"].as_str().unwrap().to_string());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let in_flight: Vec<String> = db
+        .query("SELECT DISTINCT run_id FROM step_executions WHERE status = 'RUNNING'")
+        .await
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect();
+    for run_id in &runs {
+        let answer = client
+            .post(format!("{}/api/v1/runs/{run_id}/cancel", api.base))
+            .json(&json!({"reason": "not needed"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), reqwest::StatusCode::OK, "{run_id}");
+    }
+
+    // Every call that was in flight ends CANCELLED, on either executor (leases renew every 1 s).
+    let running = "SELECT count(*) AS n FROM step_executions WHERE status = 'RUNNING'";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while db.query(running).await[0]["n"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "calls still RUNNING after the cancellations");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for run_id in &in_flight {
+        let rows = db
+            .query(&format!(
+                "SELECT r.status, r.error_message, s.status AS attempt, s.error_message AS why \
+                 FROM workflow_runs r JOIN step_executions s ON s.run_id = r.run_id WHERE r.run_id = '{run_id}'"
+            ))
+            .await;
+        assert_eq!(rows.len(), 1, "{run_id}: {rows:?}");
+        assert_eq!(rows[0]["status"], "CANCELLED", "{run_id}");
+        assert_eq!(rows[0]["error_message"], "Cancelled: not needed", "{run_id}: written once, by the API");
+        assert_eq!(rows[0]["attempt"], "CANCELLED", "{run_id}: {rows:?}");
+    }
+    let audits = db.query("SELECT count(*) AS n FROM audit_logs WHERE action = 'cancel'").await;
+    assert_eq!(audits[0]["n"], runs.len() as i64);
+    assert_eq!(left.terminate().code(), Some(0));
+    assert_eq!(right.terminate().code(), Some(0));
+}
