@@ -18,32 +18,49 @@
 //! persistence actor ─ the only code that writes the database, batching writes into transactions
 //! ```
 //!
-//! The path of a request: a poll loop hands bytes on `workflow.execution.requests` to the ingress
-//! actor ([`kafka::ingress`]) → [`wire`] decodes them (undecodable ones go to the
-//! dead-letter topic) → the run supervisor starts a RunActor, which claims the run in the database
-//! (a terminal run is left alone, a live one elsewhere is waited for, a dead executor's is resumed)
-//! → the plan is checked by [`plan::validate()`] → the RunActor resolves each step's input
-//! ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and spawns StepActors for agent
-//! calls → every transition is written by the persistence actor into the tables of the `entity`
-//! crate, and published as a monitoring update once committed → the request's offset becomes
-//! committable once the run is terminal ([`kafka::offsets`]).
+//! Beside the tree, in `runvisor api` and `dev` processes: the HTTP API ([`api`], axum), whose
+//! handlers call the queries and commands of [`service`]; and in every long-running process an
+//! outbox relay ([`service::outbox`]) that publishes requests an API could not.
+//!
+//! The path of a request from the HTTP API: `POST /workflows/{id}/execute` → [`service::runs`]
+//! inserts the PENDING run, its execution request (into `runvisor_outbox`) and an audit row in one
+//! transaction → publishes the request and deletes the outbox row (if the broker does not take it,
+//! a relay publishes it later) → 202.
+//!
+//! The path of a request through an executor: a poll loop hands bytes on
+//! `workflow.execution.requests` to the ingress actor ([`kafka::ingress`]) → [`wire`] decodes them
+//! (undecodable ones go to the dead-letter topic) → the run supervisor starts a RunActor, which
+//! claims the run in the database (a terminal run is left alone, a live one elsewhere is waited
+//! for, a dead executor's is resumed) → the plan is checked by [`plan::validate()`] → the RunActor
+//! resolves each step's input ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and
+//! spawns StepActors for agent calls → every transition is written by the persistence actor into
+//! the tables of the `entity` crate, and published as a monitoring update once committed → the
+//! request's offset becomes committable once the run is terminal ([`kafka::offsets`]).
+//!
+//! Who writes a run: the producer side ([`service::runs`]) creates it PENDING, moves a FAILED or
+//! CANCELLED run back to PENDING (retry), and cancels a PENDING or RUNNING one, each with a
+//! conditional update; everything else (RUNNING, COMPLETED, FAILED, attempts) is the executor's,
+//! through its persistence actor.
 //!
 //! ## Modules
 //!
 //! - [`actors`]: the supervisors, RunActor, StepActor, persistence actor, and run events;
 //! - [`executor`]: the tree started and wired, with a small API to submit runs;
-//! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the registry;
+//! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the live registry;
 //! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
 //! - [`kafka`]: the transport: ingress actor and poll loop, offsets, group health, producers, the
 //!   embedded broker;
-//! - [`wire`]: the messages on the topics, shared by Kafka, the actors and producers, and
+//! - [`wire`]: the messages on the topics, shared by the API, Kafka and the actors, and
 //!   depending on none of them;
-//! - [`modes`]: the composition root: `consume`, `run`, `submit` assembled from the parts above;
+//! - [`api`]: the HTTP routes, one file per resource, thin over [`service`];
+//! - [`service`]: queries and commands on workflows, agents and runs (shared by API and CLI),
+//!   the outbox, audit rows, validation of request fields;
+//! - [`modes`]: the composition root: `consume`, `api`, `dev`, `run`, `submit` assembled from the
+//!   parts above;
+//! - [`observability`]: logging setup and the catalogue of Prometheus metrics;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
 //! - [`report`]: run summaries for the command line.
-//!
-//! The HTTP API (`api/`) arrives with the issue that builds it.
 
 pub mod actors;
 pub mod agents;
