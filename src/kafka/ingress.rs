@@ -568,6 +568,12 @@ impl GroupMember {
             Ok(executor) => executor.shutdown(grace).await,
             Err(_) => tracing::warn!("the executor is still shared; not shutting it down"),
         }
+        // Closing a consumer whose group assignment is still pending can block for ever inside
+        // librdkafka (librdkafka#4041, rust-rdkafka#509): a SIGTERM right after start would then
+        // never exit. Everything that matters is committed and released by now, so the consumers
+        // are closed on a thread of their own, which the process does not wait for.
+        let consumers = self.consumers;
+        let _ = std::thread::Builder::new().name("consumer-close".into()).spawn(move || drop(consumers));
     }
 }
 
