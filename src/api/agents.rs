@@ -25,7 +25,7 @@ pub async fn list(State(state): State<ApiState>, query: QueryParams) -> Result<J
 }
 
 /// Register an agent.
-#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = Object,
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = super::schemas::AgentCreateBody,
     responses((status = 201, body = AgentResponse), (status = 400, body = DetailBody), (status = 422, body = super::error::EnvelopeBody)))]
 pub async fn create(
     State(state): State<ApiState>,
@@ -45,7 +45,7 @@ pub async fn get(State(state): State<ApiState>, Path(agent_id): Path<String>) ->
 
 /// Change the fields sent; secrets sent back as `***` keep their stored value.
 #[utoipa::path(put, path = "/api/v1/agents/{agent_id}", tag = "agents", params(("agent_id" = uuid::Uuid, Path)),
-    request_body = Object, responses((status = 200, body = AgentResponse), (status = 404, body = DetailBody)))]
+    request_body = super::schemas::AgentUpdateBody, responses((status = 200, body = AgentResponse), (status = 404, body = DetailBody)))]
 pub async fn update(
     State(state): State<ApiState>,
     Path(agent_id): Path<String>,

@@ -15,6 +15,7 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod runs;
+pub mod schemas;
 pub mod system;
 pub mod workflows;
 

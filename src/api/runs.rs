@@ -70,7 +70,7 @@ pub async fn steps(
 
 /// Resume a FAILED or CANCELLED run: completed calls are not made again.
 #[utoipa::path(post, path = "/api/v1/runs/{run_id}/retry", tag = "runs", params(("run_id" = String, Path)),
-    request_body(content = Object, description = "optional; `resume_from_step` is accepted and ignored"),
+    request_body(content = super::schemas::RetryBody, description = "optional"),
     responses((status = 202, body = RetryResponse), (status = 400, body = DetailBody), (status = 404, body = DetailBody)))]
 pub async fn retry(
     State(state): State<ApiState>,
@@ -82,7 +82,7 @@ pub async fn retry(
 
 /// Cancel a PENDING or RUNNING run; its calls in flight end CANCELLED.
 #[utoipa::path(post, path = "/api/v1/runs/{run_id}/cancel", tag = "runs", params(("run_id" = String, Path)),
-    request_body(content = Object, description = "optional `{\"reason\": string ≤ 500}`"),
+    request_body(content = super::schemas::CancelBody, description = "optional"),
     responses((status = 200, body = RunResponse), (status = 400, body = DetailBody), (status = 404, body = DetailBody)))]
 pub async fn cancel(
     State(state): State<ApiState>,

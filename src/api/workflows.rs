@@ -33,7 +33,7 @@ pub async fn list(State(state): State<ApiState>, query: QueryParams) -> Result<J
 }
 
 /// Create a definition; a name that exists gets its next version.
-#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows", request_body = Object,
+#[utoipa::path(post, path = "/api/v1/workflows", tag = "workflows", request_body = super::schemas::WorkflowCreateBody,
     responses((status = 201, body = WorkflowResponse), (status = 400, body = DetailBody), (status = 422, body = super::error::EnvelopeBody)))]
 pub async fn create(
     State(state): State<ApiState>,
@@ -55,7 +55,7 @@ pub async fn get(
 
 /// Edit a definition; a new plan bumps its version and keeps the old one under `/versions`.
 #[utoipa::path(put, path = "/api/v1/workflows/{workflow_id}", tag = "workflows", params(("workflow_id" = uuid::Uuid, Path)),
-    request_body = Object, responses((status = 200, body = WorkflowResponse), (status = 404, body = DetailBody), (status = 409)))]
+    request_body = super::schemas::WorkflowUpdateBody, responses((status = 200, body = WorkflowResponse), (status = 404, body = DetailBody), (status = 409)))]
 pub async fn update(
     State(state): State<ApiState>,
     Path(workflow_id): Path<String>,
@@ -94,7 +94,7 @@ pub async fn versions(
 
 /// Start a run of this definition: 202 with the PENDING run.
 #[utoipa::path(post, path = "/api/v1/workflows/{workflow_id}/execute", tag = "workflows",
-    params(("workflow_id" = uuid::Uuid, Path)), request_body = Object,
+    params(("workflow_id" = uuid::Uuid, Path)), request_body = super::schemas::ExecuteBody,
     responses((status = 202, body = RunResponse), (status = 400, body = DetailBody), (status = 404, body = DetailBody)))]
 pub async fn execute(
     State(state): State<ApiState>,
