@@ -26,6 +26,19 @@ async fn until_terminal(client: &reqwest::Client, url: &str, within: Duration) -
     }
 }
 
+/// POSTs JSON; the status and the body.
+async fn post(client: &reqwest::Client, url: &str, body: &Value) -> (reqwest::StatusCode, Value) {
+    let response = client.post(url).json(body).send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    (response.status(), response.json().await.unwrap_or(Value::Null))
+}
+
+/// Creates a workflow through the API at `api` (the prefix included) and returns its id.
+async fn create_workflow(client: &reqwest::Client, api: &str, body: &Value) -> String {
+    let (status, created) = post(client, &format!("{api}/workflows"), body).await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{created}");
+    created["id"].as_str().unwrap().to_string()
+}
+
 fn workflow_body(name: &str) -> Value {
     json!({"name": name, "start_step": "a", "steps": {
         "a": {"id": "a", "agent_name": "echo", "input_mapping": {"topic": "${workflow.input.topic}"}, "next_step": "b"},
@@ -74,24 +87,11 @@ async fn runvisor_dev_from_an_empty_directory_runs_a_workflow_and_stops_on_sigte
     assert!(banner.contains("curl -s -X POST") && banner.contains("/execute"), "{banner}");
 
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{api}/workflows"))
-        .json(&workflow_body("smoke"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}"));
-    let accepted = client
-        .post(format!("{api}/workflows/{id}/execute"))
-        .json(&json!({"input_data": {"topic": "dev"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), reqwest::StatusCode::ACCEPTED);
-    let run_id = accepted.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
+    let id = create_workflow(&client, &api, &workflow_body("smoke")).await;
+    let (status, accepted) =
+        post(&client, &format!("{api}/workflows/{id}/execute"), &json!({"input_data": {"topic": "dev"}})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{accepted}");
+    let run_id = accepted["run_id"].as_str().unwrap().to_string();
     let run = until_terminal(&client, &format!("{api}/runs/{run_id}"), Duration::from_secs(60)).await;
     assert_eq!(run["status"], "COMPLETED", "{run} (log: {})", log_path.display());
     assert_eq!(run["output_data"]["topic"], "dev");
@@ -113,31 +113,16 @@ async fn runs_the_api_accepted_complete_once_though_the_api_died_and_the_broker_
     let api = ApiProcess::start(&tansu.brokers(), &url, &fast_relay).await;
     let executor = ExecutorProcess::start("e1", &tansu.brokers(), &url, &group, &fast_relay);
     let client = reqwest::Client::new();
-    let created: Value = client
-        .post(format!("{}/api/v1/workflows", api.base))
-        .json(&workflow_body("durable"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
-    let execute = |topic: &str| {
-        client
-            .post(format!("{}/api/v1/workflows/{id}/execute", api.base))
-            .json(&json!({"input_data": {"topic": topic}}))
-            .send()
-    };
+    let prefix = format!("{}/api/v1", api.base);
+    let id = create_workflow(&client, &prefix, &workflow_body("durable")).await;
+    let execute = format!("{prefix}/workflows/{id}/execute");
 
     // One run accepted while the broker is up, one while it is down.
-    let first = execute("up").await.unwrap();
-    assert_eq!(first.status(), reqwest::StatusCode::ACCEPTED);
-    let first: Value = first.json().await.unwrap();
+    let (status, first) = post(&client, &execute, &json!({"input_data": {"topic": "up"}})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
     tansu.kill();
-    let second = execute("down").await.unwrap();
-    assert_eq!(second.status(), reqwest::StatusCode::ACCEPTED, "accepted although the broker is down");
-    let second: Value = second.json().await.unwrap();
+    let (status, second) = post(&client, &execute, &json!({"input_data": {"topic": "down"}})).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "accepted although the broker is down");
     // The API dies right after answering.
     api.kill();
     assert_eq!(second["status"], "PENDING");
@@ -177,11 +162,10 @@ async fn runs_cancelled_through_the_api_end_cancelled_whichever_executor_holds_t
     let left = ExecutorProcess::start("left", &tansu.brokers(), &url, &group, &[]);
     let right = ExecutorProcess::start("right", &tansu.brokers(), &url, &group, &[]);
     let client = reqwest::Client::new();
+    let prefix = format!("{}/api/v1", api.base);
     let body = json!({"name": "long", "start_step": "wait", "steps": {
         "wait": {"id": "wait", "agent_name": "sleep", "input_mapping": {"ms": 120000}, "next_step": null}}});
-    let created: Value =
-        client.post(format!("{}/api/v1/workflows", api.base)).json(&body).send().await.unwrap().json().await.unwrap();
-    let id = created["id"].as_str().unwrap_or_else(|| panic!("{created}")).to_string();
+    let id = create_workflow(&client, &prefix, &body).await;
 
     // Start runs until both executors hold some with a call in flight.
     let held = "SELECT count(DISTINCT r.owner_id) AS n FROM workflow_runs r \
@@ -190,15 +174,8 @@ async fn runs_cancelled_through_the_api_end_cancelled_whichever_executor_holds_t
     let mut runs = Vec::new();
     while db.query(held).await[0]["n"] != 2 {
         assert!(tokio::time::Instant::now() < deadline, "both executors never held runs");
-        let accepted: Value = client
-            .post(format!("{}/api/v1/workflows/{id}/execute", api.base))
-            .json(&json!({"input_data": {}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, accepted) =
+            post(&client, &format!("{prefix}/workflows/{id}/execute"), &json!({"input_data": {}})).await;
         runs.push(accepted["run_id"].as_str().unwrap().to_string());
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -209,13 +186,9 @@ async fn runs_cancelled_through_the_api_end_cancelled_whichever_executor_holds_t
         .map(|r| r["run_id"].as_str().unwrap().to_string())
         .collect();
     for run_id in &runs {
-        let answer = client
-            .post(format!("{}/api/v1/runs/{run_id}/cancel", api.base))
-            .json(&json!({"reason": "not needed"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer.status(), reqwest::StatusCode::OK, "{run_id}");
+        let (status, answer) =
+            post(&client, &format!("{prefix}/runs/{run_id}/cancel"), &json!({"reason": "not needed"})).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{run_id}: {answer}");
     }
 
     // Every call that was in flight ends CANCELLED, on either executor (leases renew every 1 s).
