@@ -137,10 +137,14 @@ async fn the_platform_uis_sequence_on_both_backends() {
         assert_eq!(cancelled.body["error_message"], "Cancelled: Cancelled by user");
         assert_eq!(cancelled.body["cancelled_by"], "system");
         assert!(cancelled.body["cancelled_at"].is_string() && cancelled.body["completed_at"].is_string());
-        let (_, steps) =
-            poll_steps(&api, &run_id, |steps| !steps.is_empty() && steps.iter().all(|s| s["status"] == "CANCELLED"))
-                .await;
+        let (_, steps) = poll_steps(&api, &run_id, |steps| {
+            !steps.is_empty() && steps.iter().all(|s| s["attempt_status"] == "CANCELLED")
+        })
+        .await;
         assert_eq!(steps.len(), 1, "{steps:?}");
+        // The platform's UI knows no CANCELLED step: it reads FAILED, with the reason.
+        assert_eq!(steps[0]["status"], "FAILED");
+        assert_eq!(steps[0]["error_message"], "Cancelled: Cancelled by user");
         let again = api.post(&format!("/runs/{run_id}/cancel"), &json!({})).await;
         assert_eq!(again.status, StatusCode::BAD_REQUEST);
         assert_eq!(
@@ -222,6 +226,8 @@ async fn agents_routes_answer_as_the_platform_does_with_secrets_masked() {
     let plain = api.post("/agents", &json!({"name": "Plain", "url": "http://127.0.0.1:9"})).await;
     assert_eq!(plain.body["url"], "http://127.0.0.1:9/", "URLs are normalised as the platform's HttpUrl does");
 
+    let builtin = api.post("/agents", &json!({"name": "echo", "url": "http://x"})).await;
+    assert_eq!(builtin.body, json!({"detail": "Agent name 'echo' belongs to a built-in agent"}));
     let duplicate = api.post("/agents", &json!({"name": "Carded", "url": "http://x"})).await;
     assert_eq!(duplicate.status, StatusCode::BAD_REQUEST);
     assert_eq!(duplicate.body, json!({"detail": "Agent with name 'Carded' already exists"}));
@@ -379,18 +385,47 @@ async fn workflow_routes_validate_with_the_executors_validator_and_keep_versions
         .await;
     assert_eq!(ghost.status, StatusCode::NOT_FOUND, "the platform's PUT answers 404 here: {ghost:?}");
 
-    // A PUT whose new version another row already has: 409 in the envelope.
-    let v3 = api.post("/workflows", &workflow("w", json!({"a": echo(Value::Null)}))).await;
-    assert_eq!(v3.body["version"], 3);
-    let clash = api.put(&format!("/workflows/{id}"), &json!({"start_step": "b"})).await;
-    assert_envelope(&clash, 409, "Conflict", &format!("/api/v1/workflows/{id}"));
+    // Editing the copy the PUT kept (an older version) makes the name's next version, not a clash;
+    // lists show each workflow once, /versions every row.
+    let kept = versions.body["items"][1]["id"].as_str().unwrap().to_string();
+    let older = api
+        .put(
+            &format!("/workflows/{kept}"),
+            &json!({"start_step": "a", "steps": {"a": {"id": "a", "agent_name": "echo", "input_mapping": {}}}}),
+        )
+        .await;
+    assert_eq!(older.status, StatusCode::OK, "{older:?}");
+    assert_eq!(older.body["version"], 3);
+    let v4 = api.post("/workflows", &workflow("w", json!({"a": echo(Value::Null)}))).await;
+    assert_eq!(v4.body["version"], 4);
+    let listed = api.get("/workflows?name=w&page_size=100").await;
+    let mut shown: Vec<i64> =
+        listed.body["items"].as_array().unwrap().iter().map(|w| w["version"].as_i64().unwrap()).collect();
+    shown.sort();
+    assert_eq!(shown, [2, 3, 4], "the kept copies are not listed: {listed:?}");
+    let all = api.get(&format!("/workflows/{id}/versions")).await;
+    let numbers: Vec<i64> =
+        all.body["items"].as_array().unwrap().iter().map(|w| w["version"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, [4, 3, 2, 1], "every version of the name, newest first: {all:?}");
+
+    // A constraint the database holds and the API does not check first: 409 in the envelope.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &api.db.db,
+        "CREATE UNIQUE INDEX uq_test_same ON workflow_definitions (description) WHERE description = 'same'",
+    )
+    .await
+    .unwrap();
+    let body = |name: &str| json!({"name": name, "description": "same", "start_step": "a", "steps": {"a": {"id": "a", "agent_name": "echo", "input_mapping": {}}}});
+    assert_eq!(api.post("/workflows", &body("first")).await.status, StatusCode::CREATED);
+    let clash = api.post("/workflows", &body("second")).await;
+    assert_envelope(&clash, 409, "Conflict", "/api/v1/workflows");
     assert_eq!(clash.body["detail"], "Resource already exists");
     assert!(clash.body.get("errors").is_none());
 
     // Lists: filter, sort, real totals over pages.
     let named = api.get("/workflows?name=w&sort_by=version&sort_order=ASC&page_size=2").await;
     assert_eq!((named.body["total"].clone(), named.body["total_pages"].clone()), (json!(3), json!(2)), "{named:?}");
-    assert_eq!(named.body["items"][0]["version"], 1);
+    assert_eq!(named.body["items"][0]["version"], 2);
     let second = api.get("/workflows?name=w&sort_by=version&sort_order=asc&page=2&page_size=2").await;
     assert_eq!(second.body["items"].as_array().unwrap().len(), 1);
     let out_of_range = api.get("/workflows?page=0&page_size=101").await;
@@ -406,7 +441,7 @@ async fn workflow_routes_validate_with_the_executors_validator_and_keep_versions
     let nobody = uuid::Uuid::new_v4();
     let missing = api.post(&format!("/workflows/{nobody}/execute"), &json!({"input_data": {}})).await;
     assert_eq!(missing.body, json!({"detail": format!("Workflow with id '{nobody}' not found")}));
-    let no_input = api.post(&format!("/workflows/{}/execute", v3.body["id"].as_str().unwrap()), &json!({})).await;
+    let no_input = api.post(&format!("/workflows/{}/execute", v4.body["id"].as_str().unwrap()), &json!({})).await;
     assert_eq!(fields(&no_input), ["body.input_data"]);
     api.stop().await;
 }

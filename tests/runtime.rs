@@ -75,6 +75,7 @@ async fn plans_from_workflow_definitions_and_invalid_ones() {
             updated_by: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            superseded_by: Set(None),
         }
         .insert(&db.db)
         .await

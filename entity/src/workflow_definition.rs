@@ -19,6 +19,9 @@ pub struct Model {
     pub updated_by: Option<String>,
     pub created_at: DateTime,
     pub updated_at: DateTime,
+    /// On the copy a PUT keeps of a definition it replaced: the row that replaced it (runvisor's
+    /// column). Lists leave such rows out; `/versions` and reads by id show them.
+    pub superseded_by: Option<Uuid>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

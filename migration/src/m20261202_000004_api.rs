@@ -7,6 +7,8 @@
 //!   has taken them (see `runvisor::service::outbox`).
 //! - `workflow_runs.retry_count` / `retried_at`: how often a run was retried, and when last; the
 //!   executor gives failed calls a fresh attempt budget from that moment on.
+//! - `workflow_definitions.superseded_by`: set on the copy a PUT keeps of the definition it
+//!   replaced (the row that replaced it), so lists show each workflow once and `/versions` all.
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::schema::*;
@@ -39,6 +41,12 @@ enum RunvisorOutbox {
     Attempts,
     NextAttemptAt,
     LastError,
+}
+
+#[derive(DeriveIden)]
+enum WorkflowDefinitions {
+    Table,
+    SupersededBy,
 }
 
 #[derive(DeriveIden)]
@@ -125,6 +133,16 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        if !manager.has_column("workflow_definitions", "superseded_by").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WorkflowDefinitions::Table)
+                        .add_column(uuid_null(WorkflowDefinitions::SupersededBy))
+                        .to_owned(),
+                )
+                .await?;
+        }
         if !manager.has_column("workflow_runs", "retried_at").await? {
             manager
                 .alter_table(
@@ -139,6 +157,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(WorkflowDefinitions::Table)
+                    .drop_column(WorkflowDefinitions::SupersededBy)
+                    .to_owned(),
+            )
+            .await?;
         for column in [WorkflowRuns::RetryCount, WorkflowRuns::RetriedAt] {
             manager.alter_table(Table::alter().table(WorkflowRuns::Table).drop_column(column).to_owned()).await?;
         }

@@ -32,7 +32,7 @@ pub async fn create(
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<AgentResponse>), ApiError> {
     let request = AgentCreate::parse(&body)?;
-    Ok((StatusCode::CREATED, Json(agents::create(state.db(), request).await?)))
+    Ok((StatusCode::CREATED, Json(agents::create(state.db(), state.config(), request).await?)))
 }
 
 /// One agent, deleted ones too.

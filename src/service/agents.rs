@@ -263,7 +263,22 @@ fn read_retry(checks: &mut Checks, object: Object<'_>, base: RetryPolicy) -> Ret
     policy
 }
 
-pub async fn create(db: &DatabaseConnection, request: AgentCreate) -> Result<AgentResponse, ServiceError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    config: &crate::config::Config,
+    request: AgentCreate,
+) -> Result<AgentResponse, ServiceError> {
+    // A row under these names would never be called: built-ins cannot be shadowed, and configured
+    // agents win over the table (CONTRACT.md §5).
+    if crate::config::BUILTIN_AGENTS.contains(&request.name.as_str()) {
+        return Err(ServiceError::Rejected(format!("Agent name '{}' belongs to a built-in agent", request.name)));
+    }
+    if config.agents.contains_key(&request.name) {
+        return Err(ServiceError::Rejected(format!(
+            "Agent '{}' is defined in runvisor's configuration, which wins over the agents table",
+            request.name
+        )));
+    }
     let taken = agent::Entity::find().filter(agent::Column::Name.eq(request.name.as_str())).one(db).await?;
     if taken.is_some() {
         return Err(ServiceError::Rejected(format!("Agent with name '{}' already exists", request.name)));

@@ -6,7 +6,7 @@
 //! is PENDING or RUNNING — each with a conditional update, so two callers cannot both succeed.
 
 use chrono::NaiveDateTime;
-use entity::{RunStatus, step_execution, workflow_run};
+use entity::{RunStatus, StepStatus, step_execution, workflow_run};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
@@ -96,8 +96,12 @@ pub struct StepResponse {
     pub step_id: String,
     pub step_name: String,
     pub agent_name: String,
-    /// RUNNING, COMPLETED, FAILED or CANCELLED.
+    /// RUNNING, COMPLETED or FAILED: the platform's vocabulary. A CANCELLED attempt reads FAILED
+    /// here (its error says it was cancelled), because the platform's UI knows no other status and
+    /// fails to render a step it does not know; `attempt_status` has the stored one.
     pub status: String,
+    /// The attempt row's own status: RUNNING, COMPLETED, FAILED or CANCELLED.
+    pub attempt_status: String,
     #[schema(value_type = Object)]
     pub input_data: Value,
     #[schema(value_type = Option<Object>)]
@@ -120,7 +124,11 @@ impl From<step_execution::Model> for StepResponse {
             step_id: row.step_id,
             step_name: row.step_name,
             agent_name: row.agent_name,
-            status: row.status.as_str().into(),
+            status: match row.status {
+                StepStatus::Cancelled => StepStatus::Failed.as_str().into(),
+                status => status.as_str().into(),
+            },
+            attempt_status: row.status.as_str().into(),
             input_data: if Value::is_null(&row.input_data) { json!({}) } else { row.input_data },
             output_data: row.output_data,
             started_at: iso(&row.started_at),
@@ -249,7 +257,7 @@ pub async fn logs(db: &DatabaseConnection, run_id: &str) -> Result<Vec<String>, 
         lines.push((step.started_at.clone(), 1, format!("{what} RUNNING")));
         if let Some(end) = &step.completed_at {
             let error = step.error_message.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-            lines.push((end.clone(), 1, format!("{what} {}{error}", step.status)));
+            lines.push((end.clone(), 1, format!("{what} {}{error}", step.attempt_status)));
         }
     }
     if let Some(end) = &run.completed_at {

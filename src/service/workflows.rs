@@ -96,6 +96,7 @@ pub async fn list(
 ) -> Result<Page<WorkflowResponse>, ServiceError> {
     let order = sort_order(filter.sort_order.as_deref());
     let mut select = definition::Entity::find()
+        .filter(definition::Column::SupersededBy.is_null())
         .order_by(sort_column(filter.sort_by.as_deref()), order.clone())
         .order_by(definition::Column::Id, order);
     if let Some(status) = filter.status {
@@ -186,6 +187,18 @@ impl WorkflowCreate {
     }
 }
 
+/// The highest version any row of `name` has.
+async fn latest_version(db: &DatabaseConnection, name: &str) -> Result<Option<i32>, sea_orm::DbErr> {
+    Ok(definition::Entity::find()
+        .select_only()
+        .column_as(definition::Column::Version.max(), "latest")
+        .filter(definition::Column::Name.eq(name))
+        .into_tuple::<Option<i32>>()
+        .one(db)
+        .await?
+        .flatten())
+}
+
 /// The plan a definition stores: what an execution request carries as `workflow_plan`.
 fn workflow_data(name: &str, version: i32, start_step: &str, steps: &Map<String, Value>) -> Value {
     json!({
@@ -246,15 +259,7 @@ pub async fn create(
     // answers a transaction that reads and then writes with BUSY at once, without waiting, when
     // another connection (the executor's) wrote in between. Two creators racing for the same
     // version make the second a 409, as on the platform.
-    let latest: Option<i32> = definition::Entity::find()
-        .select_only()
-        .column_as(definition::Column::Version.max(), "latest")
-        .filter(definition::Column::Name.eq(request.name.as_str()))
-        .into_tuple::<Option<i32>>()
-        .one(db)
-        .await?
-        .flatten();
-    let version = latest.unwrap_or(0) + 1;
+    let version = latest_version(db, &request.name).await?.unwrap_or(0) + 1;
     let txn = db.begin().await?;
     let at = now();
     let row = definition::ActiveModel {
@@ -268,6 +273,7 @@ pub async fn create(
         updated_by: Set(Some(SYSTEM_USER.into())),
         created_at: Set(at),
         updated_at: Set(at),
+        superseded_by: Set(None),
     }
     .insert(&txn)
     .await?;
@@ -305,7 +311,9 @@ pub async fn update(
             stored.workflow_data.get("start_step").and_then(Value::as_str).unwrap_or_default().to_string();
         let steps = steps.clone().unwrap_or(stored_steps);
         let start_step = start_step.unwrap_or(stored_start);
-        let version = stored.version + 1;
+        // The next version of the name, whichever of its rows is edited: editing an older version
+        // (or one POSTed under the same name) must not collide with a newer one.
+        let version = latest_version(db, &stored.name).await?.unwrap_or(stored.version) + 1;
         let document = workflow_data(&stored.name, version, &start_step, &steps);
         let plan = validate_plan(&document)?;
         if object.fields.contains_key("steps") {
@@ -318,6 +326,8 @@ pub async fn update(
         }
         row.version = Set(version);
         row.workflow_data = Set(document);
+        // An edited row is a current definition again, even if it was a kept copy.
+        row.superseded_by = Set(None);
     }
     if let Some(description) = description {
         row.description = Set(description);
@@ -334,7 +344,12 @@ pub async fn update(
     // then frees the old number for the copy.
     let updated = row.update(&txn).await?;
     if replans {
-        definition::ActiveModel { id: Set(Uuid::new_v4()), ..stored.into_active_model() }.insert(&txn).await?;
+        let kept = definition::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            superseded_by: Set(Some(id)),
+            ..stored.into_active_model()
+        };
+        kept.insert(&txn).await?;
     }
     audit::record(&txn, EntityType::Workflow, id, "update", Some(body.clone())).await?;
     txn.commit().await?;
