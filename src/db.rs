@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 
 use crate::config::DatabaseConfig;
 
@@ -48,6 +48,29 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbError> {
     let names: Vec<String> = pending.iter().map(|m| m.name().to_string()).collect();
     tracing::info!(migrations = ?names, "applying schema migrations");
     Migrator::up(db, None).await.map_err(DbError::Migrate)
+}
+
+/// Whether a database error may pass if the same statements are tried again later.
+pub fn is_transient(error: &DbErr) -> bool {
+    let sqlx_error = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx_error.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => {
+            // SQLSTATE classes that describe the data (22) or a violated constraint (23) will not
+            // change on retry; anything else (connection 08, shutdown 57, resources 53,
+            // serialization 40, SQLite's BUSY/LOCKED) may.
+            let code = db.code().unwrap_or_default();
+            !(code.starts_with("22")
+                || code.starts_with("23")
+                || db.is_unique_violation()
+                || db.is_foreign_key_violation())
+        }
+        sea_orm::sqlx::Error::ColumnDecode { .. } | sea_orm::sqlx::Error::TypeNotFound { .. } => false,
+        _ => true,
+    }
 }
 
 /// The URL with any password masked, for messages and logs.

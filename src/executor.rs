@@ -113,14 +113,16 @@ impl Executor {
     }
 
     /// Cancels a run, here or wherever it runs, and waits until the cancellation is recorded.
-    pub async fn cancel_and_wait(
-        &self,
-        run_id: &str,
-        cancelled_by: Option<String>,
-        reason: Option<String>,
-    ) -> Result<(), ExecutorError> {
+    pub async fn cancel_and_wait(&self, cancel: crate::wire::CancellationRequest) -> Result<(), ExecutorError> {
         let (done, recorded) = oneshot::channel();
-        let message = SupervisorMsg::Cancel { run_id: run_id.to_string(), cancelled_by, reason, done: Some(done) };
+        let requested_at = cancel.requested_at();
+        let message = SupervisorMsg::Cancel {
+            run_id: cancel.run_id,
+            cancelled_by: cancel.cancelled_by,
+            reason: cancel.reason,
+            requested_at,
+            done: Some(done),
+        };
         self.runs.cast(message).map_err(|_| ExecutorError::Stopped)?;
         recorded.await.map_err(|_| ExecutorError::Stopped)
     }

@@ -71,6 +71,14 @@ impl CancellationRequest {
     pub fn error_message(&self) -> String {
         format!("Cancelled: {}", self.reason.as_deref().unwrap_or("no reason given"))
     }
+
+    /// `timestamp`, read as naive UTC (the platform's format); `None` when absent or unreadable.
+    pub fn requested_at(&self) -> Option<chrono::NaiveDateTime> {
+        let text = self.timestamp.as_deref()?;
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .or_else(|| chrono::DateTime::parse_from_rfc3339(text).ok().map(|at| at.naive_utc()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

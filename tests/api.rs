@@ -609,3 +609,62 @@ async fn a_bearer_token_guards_every_route_but_health() {
     assert_eq!(api.send(Method::GET, &api.url("/metrics"), None).await.status, StatusCode::UNAUTHORIZED);
     api.stop().await;
 }
+
+/// A retry after the plan was edited runs again the calls whose input changed, gives the failed
+/// call a fresh budget, and is not undone by a cancellation asked for before it arriving late.
+#[tokio::test]
+async fn a_retry_reruns_edited_calls_and_outlives_a_stale_cancellation() {
+    let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
+    let steps = |v: i64| {
+        json!({
+            "a": {"agent_name": "echo", "input_mapping": {"v": v}, "next_step": "b"},
+            "b": {"agent_name": "fail", "input_mapping": {"message": "not yet", "times": 3}, "next_step": "c"},
+            "c": {"agent_name": "sleep", "input_mapping": {"ms": 1500}, "next_step": null}
+        })
+    };
+    let created = api.post("/workflows", &workflow("edited", steps(1))).await;
+    let id = created.body["id"].as_str().unwrap().to_string();
+    let run_id = api.post(&format!("/workflows/{id}/execute"), &json!({"input_data": {}})).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(api.until_terminal(&run_id).await.0["status"], "FAILED");
+    // The cancellation a user asked for before retrying, delivered only now.
+    let stale = runvisor::wire::CancellationMessage {
+        run_id: run_id.clone(),
+        cancelled_by: Some("system".into()),
+        reason: Some("too late".into()),
+        timestamp: runvisor::wire::timestamp_now(),
+        message_type: "cancellation_request".into(),
+    };
+    let edited = workflow("edited", steps(2));
+    let updated = api
+        .put(&format!("/workflows/{id}"), &json!({"start_step": edited["start_step"], "steps": edited["steps"]}))
+        .await;
+    assert_eq!(updated.status, StatusCode::OK, "{updated:?}");
+    assert_eq!(api.post(&format!("/runs/{run_id}/retry"), &json!({})).await.status, StatusCode::ACCEPTED);
+    poll_steps(&api, &run_id, |steps| steps.iter().any(|s| s["step_id"] == "c" && s["attempt_status"] == "RUNNING"))
+        .await;
+    let publisher =
+        runvisor::kafka::producer::Publisher::new(&api.broker, &api.config.kafka, Duration::from_secs(10)).unwrap();
+    publisher.send(&api.config.kafka.cancellations_topic, &run_id, &serde_json::to_vec(&stale).unwrap()).await.unwrap();
+
+    let (run, steps) = api.until_terminal(&run_id).await;
+    assert_eq!(run["status"], "COMPLETED", "the stale cancellation is ignored: {run}");
+    let calls = |step: &str| -> Vec<(i64, String, i64)> {
+        attempts_of(&steps, step)
+            .iter()
+            .map(|s| {
+                (
+                    s["attempt"].as_i64().unwrap(),
+                    s["attempt_status"].as_str().unwrap().to_string(),
+                    s["input_data"]["v"].as_i64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(calls("a"), [(1, "COMPLETED".into(), 1), (2, "COMPLETED".into(), 2)], "a's input changed: called again");
+    let b: Vec<(i64, String)> = calls("b").into_iter().map(|(n, s, _)| (n, s)).collect();
+    assert_eq!(b, [(1, "FAILED".into()), (2, "FAILED".into()), (3, "FAILED".into()), (4, "COMPLETED".into())]);
+    api.stop().await;
+}

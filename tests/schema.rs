@@ -215,6 +215,7 @@ async fn entities_round_trip_and_the_contract_queries_run() {
             completed_at: Set(Some(now)),
             error_message: Set(None),
             parent_step_id: Set(Some("loop-1".into())),
+            retry_round: Set(0),
             branch_name: Set(None),
             join_policy: Set(None),
             loop_iteration_index: Set(Some(3)),

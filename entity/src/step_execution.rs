@@ -32,6 +32,9 @@ pub struct Model {
     pub loop_iteration_index: Option<i32>,
     /// 1 for the first attempt of a call; retries count up from there.
     pub attempt: i32,
+    /// The run's `retry_count` when this attempt started (runvisor's column): a retried run counts
+    /// only the current round's attempts against a call's retry policy.
+    pub retry_round: i32,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

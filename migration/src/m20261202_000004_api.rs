@@ -5,8 +5,9 @@
 //!   missing, with the platform's columns and indexes, so a database the platform made is adopted.
 //! - `runvisor_outbox` holds execution requests committed with the run they start, until a broker
 //!   has taken them (see `runvisor::service::outbox`).
-//! - `workflow_runs.retry_count` / `retried_at`: how often a run was retried, and when last; the
-//!   executor gives failed calls a fresh attempt budget from that moment on.
+//! - `workflow_runs.retry_count` / `retried_at`: how often a run was retried, and when last;
+//!   `step_executions.retry_round`: the run's retry_count when the attempt started, so the executor
+//!   counts only the current round's attempts against a call's retry policy.
 //! - `workflow_definitions.superseded_by`: set on the copy a PUT keeps of the definition it
 //!   replaced (the row that replaced it), so lists show each workflow once and `/versions` all.
 
@@ -47,6 +48,12 @@ enum RunvisorOutbox {
 enum WorkflowDefinitions {
     Table,
     SupersededBy,
+}
+
+#[derive(DeriveIden)]
+enum StepExecutions {
+    Table,
+    RetryRound,
 }
 
 #[derive(DeriveIden)]
@@ -143,6 +150,16 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        if !manager.has_column("step_executions", "retry_round").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(StepExecutions::Table)
+                        .add_column(integer(StepExecutions::RetryRound).default(0))
+                        .to_owned(),
+                )
+                .await?;
+        }
         if !manager.has_column("workflow_runs", "retried_at").await? {
             manager
                 .alter_table(
@@ -157,6 +174,9 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .alter_table(Table::alter().table(StepExecutions::Table).drop_column(StepExecutions::RetryRound).to_owned())
+            .await?;
         manager
             .alter_table(
                 Table::alter()

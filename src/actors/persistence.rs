@@ -30,8 +30,8 @@ use entity::{RunStatus, StepStatus, agent, group_member, step_execution, workflo
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    RuntimeErr, Set, TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -39,6 +39,7 @@ use uuid::Uuid;
 
 use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
+use crate::db::is_transient;
 use crate::observability::metrics as names;
 
 /// A run row as the executor writes it: inserted if absent, else advanced if not yet terminal.
@@ -57,6 +58,9 @@ pub struct RunWrite {
     /// The executor writing: the write takes effect only while the run is unclaimed or claimed by
     /// this owner, so an executor that lost its lease cannot overwrite its successor's work.
     pub owner: Option<String>,
+    /// For a cancellation: when it was asked for. It takes effect only if the run was not retried
+    /// after that, so a late cancellation message cannot cancel the run's next round.
+    pub cancel_requested_at: Option<NaiveDateTime>,
     pub at: NaiveDateTime,
 }
 
@@ -76,7 +80,10 @@ pub enum ClaimOutcome {
     Claimed {
         history: Vec<step_execution::Model>,
         taken_over: bool,
-        /// When the run was last retried through the API: attempts before it are spent budget.
+        /// How often the run was retried through the API: attempts of earlier rounds are not
+        /// counted against the current round's retry budget.
+        retry_round: i32,
+        /// When it was last retried (cancellations asked for before are stale).
         retried_at: Option<NaiveDateTime>,
     },
     /// The run already ended: nothing to do.
@@ -105,6 +112,8 @@ pub struct AttemptStart {
     pub join_policy: Option<String>,
     pub loop_iteration_index: Option<i32>,
     pub attempt: i32,
+    /// The run's retry round (its `retry_count` when this executor claimed it).
+    pub retry_round: i32,
 }
 
 /// The end of an attempt.
@@ -582,29 +591,6 @@ fn retry_delays() -> ExponentialBackoff {
         .build()
 }
 
-/// Whether a database error may pass if the same statements are tried again later.
-fn is_transient(error: &DbErr) -> bool {
-    let sqlx_error = match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
-        _ => return false,
-    };
-    match sqlx_error.as_ref() {
-        sea_orm::sqlx::Error::Database(db) => {
-            // SQLSTATE classes that describe the data (22) or a violated constraint (23) will not
-            // change on retry; anything else (connection 08, shutdown 57, resources 53,
-            // serialization 40, SQLite's BUSY/LOCKED) may.
-            let code = db.code().unwrap_or_default();
-            !(code.starts_with("22")
-                || code.starts_with("23")
-                || db.is_unique_violation()
-                || db.is_foreign_key_violation())
-        }
-        sea_orm::sqlx::Error::ColumnDecode { .. } | sea_orm::sqlx::Error::TypeNotFound { .. } => false,
-        _ => true,
-    }
-}
-
 async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<(), DbErr> {
     if batch.iter().all(|op| matches!(**op, WriteOp::Barrier)) {
         return Ok(());
@@ -658,6 +644,10 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                 let owner_col = Expr::col((workflow_run::Entity, C::OwnerId));
                 guard = guard.and(owner_col.clone().is_null().or(owner_col.eq(owner.as_str())));
             }
+            if let Some(requested) = run.cancel_requested_at {
+                let retried = Expr::col((workflow_run::Entity, C::RetriedAt));
+                guard = guard.and(retried.clone().is_null().or(retried.lte(requested)));
+            }
             on_conflict
                 .update_columns([
                     C::Status,
@@ -690,6 +680,7 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                 join_policy: Set(attempt.join_policy.clone()),
                 loop_iteration_index: Set(attempt.loop_iteration_index),
                 attempt: Set(attempt.attempt),
+                retry_round: Set(attempt.retry_round),
             };
             step_execution::Entity::insert(row)
                 .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
@@ -837,7 +828,7 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
         if db.get_database_backend() == sea_orm::DbBackend::Postgres {
             select = select.lock_exclusive();
         }
-        let (taken_over, retried_at) = match select.one(&txn).await? {
+        let (taken_over, retry_round, retried_at) = match select.one(&txn).await? {
             None => {
                 let mut row = run_row(&claim.run);
                 row.status = Set(RunStatus::Running);
@@ -851,7 +842,7 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
                     txn.rollback().await?;
                     continue;
                 }
-                (false, None)
+                (false, 0, None)
             }
             Some(row) if row.status.is_terminal() => {
                 txn.rollback().await?;
@@ -873,12 +864,12 @@ async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcom
                     .filter(C::RunId.eq(run_id))
                     .exec(&txn)
                     .await?;
-                (row.status == RunStatus::Running && held_by_other, row.retried_at)
+                (row.status == RunStatus::Running && held_by_other, row.retry_count, row.retried_at)
             }
         };
         txn.commit().await?;
         let history = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
-        return Ok(ClaimOutcome::Claimed { history, taken_over, retried_at });
+        return Ok(ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at });
     }
     Err(DbErr::Custom(format!("could not claim run '{run_id}': it kept changing under the claim")))
 }
@@ -942,6 +933,7 @@ mod tests {
             error: None,
             cancelled_by: None,
             owner: None,
+            cancel_requested_at: None,
             at: chrono::Utc::now().naive_utc(),
         }))
     }
@@ -959,6 +951,7 @@ mod tests {
             join_policy: None,
             loop_iteration_index: None,
             attempt: 1,
+            retry_round: 0,
         }))
     }
 

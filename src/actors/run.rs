@@ -132,6 +132,8 @@ pub enum RunMsg {
     Cancel {
         cancelled_by: Option<String>,
         reason: Option<String>,
+        /// When it was asked for; older than the run's last retry, it is stale and ignored.
+        requested_at: Option<chrono::NaiveDateTime>,
     },
 }
 
@@ -287,7 +289,10 @@ pub struct RunState {
     taken_over: bool,
     /// The agents this run calls: the registry as it was when the run started.
     registry: Arc<AgentRegistry>,
-    /// When the run was last retried through the API (attempts before it are spent budget).
+    /// How often the run was retried through the API: attempts of earlier rounds are not counted
+    /// against a call's retry policy.
+    retry_round: i32,
+    /// When it was last retried: cancellations asked for before then are stale.
     retried_at: Option<chrono::NaiveDateTime>,
     outputs: HashMap<String, Value>,
     scopes: Vec<IterScope>,
@@ -326,6 +331,7 @@ impl Actor for RunActor {
             history: HashMap::new(),
             taken_over: false,
             registry,
+            retry_round: 0,
             retried_at: None,
             outputs: HashMap::new(),
             scopes: Vec::new(),
@@ -377,7 +383,13 @@ impl RunState {
                     self.queue.push_back(Action::Finish(id, Err(format!("timed out after {seconds}s"))));
                 }
             }
-            RunMsg::Cancel { cancelled_by, reason } => {
+            RunMsg::Cancel { requested_at: Some(asked), .. }
+                if self.retried_at.is_some_and(|retried| asked < retried) =>
+            {
+                tracing::info!(%asked, "a cancellation from before the run's last retry is ignored");
+                return Ok(());
+            }
+            RunMsg::Cancel { cancelled_by, reason, .. } => {
                 let reason = reason.unwrap_or_else(|| "no reason given".into());
                 if !self.execs.is_empty() {
                     self.cancel_descendants(0, &format!("Cancelled: {reason}")).await?;
@@ -483,6 +495,7 @@ impl RunState {
             error,
             cancelled_by,
             owner: Some(self.deps.owner.clone()),
+            cancel_requested_at: None,
             at: Self::now(),
         }))
     }
@@ -539,9 +552,10 @@ impl RunState {
                     Disposition::HeldElsewhere { owner, until },
                 );
             }
-            ClaimOutcome::Claimed { history, taken_over, retried_at } => {
+            ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at } => {
                 self.history = history.into_iter().map(|row| (row.id.clone(), row)).collect();
                 self.taken_over = taken_over;
+                self.retry_round = retry_round;
                 self.retried_at = retried_at;
             }
         }
@@ -574,10 +588,11 @@ impl RunState {
     /// (an agent created through the API a moment ago), then takes the newest registry.
     async fn refresh_registry_for(&mut self, document: &Value) {
         let named = document.get("steps").and_then(Value::as_object).into_iter().flat_map(|steps| steps.values());
-        let unknown = named
+        let unknown: Vec<&str> = named
             .filter_map(|step| step.get("agent_name").and_then(Value::as_str))
-            .any(|name| !self.registry.knows(name));
-        if unknown && self.deps.registry.may_refresh_on_demand() {
+            .filter(|name| !self.registry.knows(name))
+            .collect();
+        if !unknown.is_empty() && self.deps.registry.may_refresh_for(unknown) {
             match self.deps.persistence.load_agents().await {
                 Ok(rows) => self.deps.registry.refresh(&rows),
                 Err(error) => tracing::warn!(%error, "cannot read the agents table"),
@@ -620,11 +635,16 @@ impl RunState {
             let row_id = self.attempt_row_id(&call_path, &step_id, attempts + 1);
             let Some(row) = self.history.remove(&row_id) else { break };
             attempts += 1;
-            if self.retried_at.is_some_and(|retried| row.started_at < retried) {
+            if row.retry_round < self.retry_round {
                 before_retry += 1;
             }
             match row.status {
-                StepStatus::Completed => return Ok(Some(Ok(row.output_data.unwrap_or(Value::Null)))),
+                // Reused only for the same call: a retried run may carry an edited plan, and an
+                // output recorded for another agent or another input is not this call's.
+                StepStatus::Completed if self.same_call(id, &row) => {
+                    return Ok(Some(Ok(row.output_data.unwrap_or(Value::Null))));
+                }
+                StepStatus::Completed => last_error = None,
                 StepStatus::Running => {
                     let message = "the executor running this call was lost".to_string();
                     let end = AttemptEnd {
@@ -653,6 +673,12 @@ impl RunState {
             call.delays.next();
         }
         Ok(None)
+    }
+
+    /// Whether a recorded attempt made the call `id` is about to make: same agent, same input.
+    fn same_call(&self, id: ExecId, row: &entity::step_execution::Model) -> bool {
+        let ExecKind::Agent(call) = &self.execs[id].kind else { return false };
+        row.agent_name == call.agent.name() && row.input_data == call.input
     }
 
     fn add_exec(&mut self, parent: Option<ExecId>, step_id: String, ctx: Ctx, kind: ExecKind) -> ExecId {
@@ -922,6 +948,7 @@ impl RunState {
             join_policy: ctx.join_policy.map(str::to_string),
             loop_iteration_index: ctx.loop_index.map(|i| i as i32),
             attempt: attempt as i32,
+            retry_round: self.retry_round,
         };
         let event = self.attempt_event(id, StepStatus::Running, None);
         if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await {
@@ -1173,8 +1200,9 @@ impl RunState {
         cancelled_by: Option<String>,
     ) -> Result<(), ActorProcessingErr> {
         self.done = true;
-        if self.taken_over {
-            // Attempts the lost executor left RUNNING in parts of the plan this run did not revisit.
+        if self.taken_over || self.retry_round > 0 {
+            // Attempts a lost executor (or the previous round's) left RUNNING in parts of the plan
+            // this run did not revisit. None of this actor's own attempts is RUNNING any more.
             let lost = "the executor running this call was lost".to_string();
             let abandon = WriteOp::AbandonAttempts {
                 run_id: self.run_id.clone(),
@@ -1603,6 +1631,7 @@ mod tests {
                 run_id: "run-c".into(),
                 cancelled_by: Some("ops".into()),
                 reason: Some("not needed".into()),
+                requested_at: None,
                 done: None,
             })
             .unwrap();

@@ -28,7 +28,14 @@ pub enum SupervisorMsg {
     /// here is not started twice: the caller just waits for the running one.
     StartRun { request: RunRequest, on_done: Option<oneshot::Sender<RunOutcome>> },
     /// Cancel a run; `done` hears once the cancellation is recorded (or handed to its RunActor).
-    Cancel { run_id: String, cancelled_by: Option<String>, reason: Option<String>, done: Option<oneshot::Sender<()>> },
+    Cancel {
+        run_id: String,
+        cancelled_by: Option<String>,
+        reason: Option<String>,
+        /// When the producer asked: a cancellation older than the run's last retry is stale.
+        requested_at: Option<chrono::NaiveDateTime>,
+        done: Option<oneshot::Sender<()>>,
+    },
     /// How many runs are in flight.
     ActiveRuns(RpcReplyPort<usize>),
     /// Time to renew this executor's leases.
@@ -111,9 +118,10 @@ impl Actor for RunSupervisor {
                 state.runs.insert(run_id, active);
                 metrics::gauge!(names::RUNS_IN_FLIGHT).set(state.runs.len() as f64);
             }
-            SupervisorMsg::Cancel { run_id, cancelled_by, reason, done } => match state.runs.get(&run_id) {
+            SupervisorMsg::Cancel { run_id, cancelled_by, reason, requested_at, done } => match state.runs.get(&run_id)
+            {
                 Some(active) => {
-                    let _ = active.actor.cast(RunMsg::Cancel { cancelled_by, reason });
+                    let _ = active.actor.cast(RunMsg::Cancel { cancelled_by, reason, requested_at });
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
@@ -123,7 +131,7 @@ impl Actor for RunSupervisor {
                 None => {
                     let persistence = state.deps.persistence.clone();
                     tokio::spawn(async move {
-                        if cancel_elsewhere(&persistence, run_id, cancelled_by, reason).await.is_ok()
+                        if cancel_elsewhere(&persistence, run_id, cancelled_by, reason, requested_at).await.is_ok()
                             && let Some(done) = done
                         {
                             let _ = done.send(());
@@ -165,7 +173,7 @@ impl Actor for RunSupervisor {
                     let ours = lease.owner.as_deref().is_none_or(|o| o == state.deps.owner);
                     if lease.status == RunStatus::Cancelled {
                         let reason = Some("cancelled elsewhere".to_string());
-                        let _ = active.actor.cast(RunMsg::Cancel { cancelled_by: None, reason });
+                        let _ = active.actor.cast(RunMsg::Cancel { cancelled_by: None, reason, requested_at: None });
                     } else if !ours || lease.status.is_terminal() {
                         tracing::warn!(run_id = %lease.run_id, owner = ?lease.owner, status = %lease.status,
                             "run taken over by another executor; stopping it here");
@@ -231,6 +239,7 @@ impl Actor for RunSupervisor {
             error: Some(message.clone()),
             cancelled_by: None,
             owner: Some(state.deps.owner.clone()),
+            cancel_requested_at: None,
             at: now,
         }));
         // Not awaited here: the supervisor keeps serving other runs while the writes commit.
@@ -267,6 +276,7 @@ async fn cancel_elsewhere(
     run_id: String,
     cancelled_by: Option<String>,
     reason: Option<String>,
+    requested_at: Option<chrono::NaiveDateTime>,
 ) -> Result<(), super::persistence::PersistError> {
     let error = format!("Cancelled: {}", reason.unwrap_or_else(|| "no reason given".into()));
     let write = WriteOp::Run(Box::new(RunWrite {
@@ -281,6 +291,7 @@ async fn cancel_elsewhere(
         error: Some(error.clone()),
         cancelled_by,
         owner: None,
+        cancel_requested_at: requested_at,
         at: chrono::Utc::now().naive_utc(),
     }));
     let event = Event::Run { run_id, workflow_name: String::new(), status: RunStatus::Cancelled, error: Some(error) };

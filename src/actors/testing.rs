@@ -57,8 +57,12 @@ impl Actor for MemoryStore {
             }
             // Every run is new to the in-memory store, and no lease is ever lost.
             PersistMsg::Read(ReadRequest::Claim(_, port)) => {
-                let _ =
-                    port.send(Ok(ClaimOutcome::Claimed { history: Vec::new(), taken_over: false, retried_at: None }));
+                let _ = port.send(Ok(ClaimOutcome::Claimed {
+                    history: Vec::new(),
+                    taken_over: false,
+                    retry_round: 0,
+                    retried_at: None,
+                }));
             }
             PersistMsg::Read(ReadRequest::Renew { reply, .. }) => {
                 let _ = reply.send(Ok(Vec::new()));

@@ -82,6 +82,7 @@ impl From<ServiceError> for ApiError {
         match error {
             ServiceError::NotFound(detail) => Self::not_found(detail),
             ServiceError::Rejected(detail) => Self::detail(StatusCode::BAD_REQUEST, detail),
+            ServiceError::TooLarge(detail) => Self::detail(StatusCode::PAYLOAD_TOO_LARGE, detail),
             ServiceError::Invalid(errors) => Self::invalid(errors),
             ServiceError::Database(error) => {
                 let kind = ServiceError::database_kind(&error);

@@ -205,7 +205,9 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     if open || presented.is_some_and(|token| same_secret(token.as_bytes(), expected.as_bytes())) {
         return next.run(request).await;
     }

@@ -313,9 +313,7 @@ impl IngressState {
                 let executor = Arc::clone(&self.args.executor);
                 let myself = myself.clone();
                 tokio::spawn(async move {
-                    let recorded = executor
-                        .cancel_and_wait(&cancel.run_id, cancel.cancelled_by.clone(), cancel.reason.clone())
-                        .await;
+                    let recorded = executor.cancel_and_wait(cancel).await;
                     if recorded.is_ok() {
                         let _ = myself.cast(IngressMsg::Handled { partition: key, generation, offset: record.offset });
                     }

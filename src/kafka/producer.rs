@@ -83,13 +83,33 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     pub fn new(broker: &Broker, config: &KafkaConfig, timeout: Duration) -> Result<Self, rdkafka::error::KafkaError> {
+        // Requests up to kafka.max_message_bytes, plus room for the key and headers (librdkafka's
+        // own default, 1,000,000 bytes, is below the 1 MiB the executors accept).
+        let max_bytes = (config.max_message_bytes + 4096).max(1_000_000);
         let producer = broker
             .client_config(config)
             .set("linger.ms", "1")
             .set("acks", "all")
             .set("message.timeout.ms", timeout.as_millis().max(1).to_string())
+            .set("message.max.bytes", max_bytes.to_string())
             .create()?;
         Ok(Self { producer, timeout })
+    }
+
+    /// Whether a failed send would fail again however often it is tried: the record is too large
+    /// for the producer or the broker, or the topic refuses this client.
+    pub fn is_permanent(error: &rdkafka::error::KafkaError) -> bool {
+        use rdkafka::error::RDKafkaErrorCode as Code;
+        matches!(
+            error.rdkafka_error_code(),
+            Some(
+                Code::MessageSizeTooLarge
+                    | Code::InvalidMessageSize
+                    | Code::MessageBatchTooLarge
+                    | Code::TopicAuthorizationFailed
+                    | Code::InvalidRecord
+            )
+        )
     }
 
     /// Whether the brokers answer a metadata request within `timeout` (readiness checks).

@@ -176,6 +176,10 @@ impl Checks {
             self.push(field, "Input should be a valid number", "float_type");
             return None;
         };
+        if !number.is_finite() {
+            self.push(field, "Input should be a finite number", "finite_number");
+            return None;
+        }
         self.bounds(&field, number, min, max).then_some(number)
     }
 

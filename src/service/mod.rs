@@ -1,9 +1,10 @@
-//! What the HTTP API and the command line do to workflows, agents and runs, written once.
+//! What can be done to workflows, agents and runs, written once for every front end.
 //!
 //! Each resource has a module of *queries* (reads with filters and paging) and *commands*
 //! (writes, each one transaction, with its audit row). They speak in request and response types of
 //! their own and fail with [`ServiceError`]; the API turns those into the platform's HTTP shapes
-//! (`crate::api`), the CLI into lines of text. Nothing here knows about HTTP.
+//! (`crate::api`). Nothing here knows about HTTP, so the command line's run management (`runs`,
+//! `show`, `cancel`, `retry`) is to call the same functions.
 //!
 //! Who writes what: these functions write definitions, agents, audit rows, the outbox, and the few
 //! run transitions that belong to a *producer* — a new PENDING run, FAILED/CANCELLED → PENDING on
@@ -40,6 +41,9 @@ pub enum ServiceError {
     /// The request is well-formed but cannot be done in the resource's state (400 `{"detail"}`).
     #[error("{0}")]
     Rejected(String),
+    /// The request is larger than what may be sent on (413 `{"detail"}`).
+    #[error("{0}")]
+    TooLarge(String),
     /// Fields that fail validation, every one of them (422 envelope).
     #[error("invalid request: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<FieldError>),
@@ -53,26 +57,23 @@ impl ServiceError {
         Self::Invalid(vec![FieldError::new(field, message, kind)])
     }
 
-    /// What kind of database failure this is, as the platform's error handler sorts them.
+    /// What kind of database failure this is, as the platform's error handler sorts them. A
+    /// failure that may pass on its own (connection lost, server restarting, SQLite busy) is
+    /// `Unavailable`, by the same rule the persistence actor retries by.
     pub fn database_kind(error: &DbErr) -> DatabaseFailure {
-        let sqlx = match error {
-            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return DatabaseFailure::Unavailable,
-            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
-            _ => return DatabaseFailure::Other,
+        let database = match error {
+            DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+                sea_orm::sqlx::Error::Database(db) => Some(db),
+                _ => None,
+            },
+            _ => None,
         };
-        match sqlx.as_ref() {
-            sea_orm::sqlx::Error::Database(db) if db.is_unique_violation() => DatabaseFailure::UniqueViolation,
-            sea_orm::sqlx::Error::Database(db) if db.is_foreign_key_violation() => DatabaseFailure::ForeignKey,
-            sea_orm::sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("23")) => {
-                DatabaseFailure::Integrity
-            }
-            sea_orm::sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
-                DatabaseFailure::Data
-            }
-            sea_orm::sqlx::Error::Io(_)
-            | sea_orm::sqlx::Error::PoolTimedOut
-            | sea_orm::sqlx::Error::PoolClosed
-            | sea_orm::sqlx::Error::WorkerCrashed => DatabaseFailure::Unavailable,
+        match database {
+            Some(db) if db.is_unique_violation() => DatabaseFailure::UniqueViolation,
+            Some(db) if db.is_foreign_key_violation() => DatabaseFailure::ForeignKey,
+            Some(db) if db.code().is_some_and(|c| c.starts_with("23")) => DatabaseFailure::Integrity,
+            Some(db) if db.code().is_some_and(|c| c.starts_with("22")) => DatabaseFailure::Data,
+            _ if crate::db::is_transient(error) => DatabaseFailure::Unavailable,
             _ => DatabaseFailure::Other,
         }
     }

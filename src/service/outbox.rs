@@ -68,6 +68,12 @@ pub async fn enqueue(db: &impl ConnectionTrait, message: &Message) -> Result<Uui
     Ok(id)
 }
 
+/// Drops every request for `run_id` still in the outbox (inside the caller's transaction).
+pub async fn discard(db: &impl ConnectionTrait, run_id: &str) -> Result<(), DbErr> {
+    outbox::Entity::delete_many().filter(outbox::Column::MessageKey.eq(run_id)).exec(db).await?;
+    Ok(())
+}
+
 /// Publishes a row just committed by this process; on success the row is deleted. An error says
 /// why the broker does not have it yet: the relay will try again.
 pub async fn publish_now(
@@ -83,6 +89,13 @@ pub async fn publish_now(
                 tracing::warn!(%error, run_id = %message.key, "published, but the outbox row stays");
             }
             Ok(())
+        }
+        Err(error) if Publisher::is_permanent(&error) => {
+            let reason = format!("Failed to publish to Kafka: {error}");
+            if let Err(error) = give_up(db, id, &message.key, &reason).await {
+                tracing::warn!(%error, "cannot record the refused request");
+            }
+            Err(reason)
         }
         Err(error) => {
             let reason = error.to_string();
@@ -130,7 +143,12 @@ impl Relay {
                 _ = stop.wait_for(|stop| *stop) => return,
                 _ = every.tick() => {}
             }
-            match self.pass().await {
+            // A pass may wait on a slow broker; stopping does not wait for it.
+            let passed = tokio::select! {
+                _ = stop.wait_for(|stop| *stop) => return,
+                passed = self.pass() => passed,
+            };
+            match passed {
                 Ok(0) => {}
                 Ok(published) => tracing::info!(published, "outbox: published requests left behind"),
                 Err(error) => tracing::warn!(%error, "outbox relay pass failed; will try again"),
@@ -138,7 +156,8 @@ impl Relay {
         }
     }
 
-    /// One pass over the rows due; returns how many were published.
+    /// One pass over the rows due; returns how many were published. A pass ends at the first
+    /// request the broker does not take: the others would wait for the same broker.
     pub async fn pass(&self) -> Result<usize, DbErr> {
         let at = now();
         let grace = chrono::TimeDelta::milliseconds(self.config.grace_ms as i64);
@@ -153,50 +172,75 @@ impl Relay {
         for row in due {
             // Claim: only the relay whose update still sees the value it read goes on.
             let claimed = outbox::Entity::update_many()
-                .col_expr(outbox::Column::NextAttemptAt, Expr::value(at + CLAIM))
+                .col_expr(outbox::Column::NextAttemptAt, Expr::value(now() + CLAIM))
                 .filter(outbox::Column::Id.eq(row.id))
                 .filter(outbox::Column::NextAttemptAt.eq(row.next_attempt_at))
                 .exec(&self.db)
                 .await?;
-            if claimed.rows_affected == 1 && self.relay(&row).await? {
-                published += 1;
+            if claimed.rows_affected == 0 {
+                continue;
+            }
+            match self.relay(&row).await? {
+                Relayed::Published => published += 1,
+                Relayed::Dropped => {}
+                Relayed::BrokerRefused => break,
             }
         }
+        metrics::counter!(crate::observability::metrics::OUTBOX_RELAYED).increment(published as u64);
         Ok(published)
     }
 
-    async fn relay(&self, row: &outbox::Model) -> Result<bool, DbErr> {
+    async fn relay(&self, row: &outbox::Model) -> Result<Relayed, DbErr> {
         let run = workflow_run::Entity::find_by_id(row.message_key.as_str()).one(&self.db).await?;
         if run.as_ref().is_some_and(|run| run.status != RunStatus::Pending) {
             // Cancelled meanwhile, or already picked up from an earlier publish: nothing to do.
             outbox::Entity::delete_by_id(row.id).exec(&self.db).await?;
-            return Ok(false);
+            return Ok(Relayed::Dropped);
         }
         match self.publisher.send(&row.topic, &row.message_key, row.payload.as_bytes()).await {
             Ok(()) => {
                 outbox::Entity::delete_by_id(row.id).exec(&self.db).await?;
                 clear_publish_error(&self.db, &row.message_key).await?;
-                Ok(true)
+                Ok(Relayed::Published)
+            }
+            Err(error) if Publisher::is_permanent(&error) => {
+                give_up(&self.db, row.id, &row.message_key, &format!("Failed to publish to Kafka: {error}")).await?;
+                Ok(Relayed::Dropped)
             }
             Err(error) => {
                 let reason = error.to_string();
                 let age = now() - row.created_at;
-                let give_up = self.config.give_up_after_ms > 0
-                    && age >= chrono::TimeDelta::milliseconds(self.config.give_up_after_ms as i64);
-                if give_up {
+                let give_up_after = chrono::TimeDelta::milliseconds(self.config.give_up_after_ms as i64);
+                if self.config.give_up_after_ms > 0 && age >= give_up_after {
                     let message =
                         format!("Failed to publish to Kafka for {} s, giving up: {reason}", age.num_seconds());
-                    fail_pending(&self.db, &row.message_key, &message).await?;
-                    outbox::Entity::delete_by_id(row.id).exec(&self.db).await?;
-                    tracing::error!(run_id = %row.message_key, %reason, "outbox: request never published; run FAILED");
+                    give_up(&self.db, row.id, &row.message_key, &message).await?;
                 } else {
                     record_failure(&self.db, row.id, row.attempts, &reason).await?;
                     mark_publish_error(&self.db, &row.message_key, &reason).await?;
                 }
-                Ok(false)
+                Ok(Relayed::BrokerRefused)
             }
         }
     }
+}
+
+/// What became of one outbox row.
+enum Relayed {
+    Published,
+    /// Not published, and not to be: the run no longer waits for it, or it can never be sent.
+    Dropped,
+    /// The broker did not take it now; it is tried again later.
+    BrokerRefused,
+}
+
+/// A request that will never be published: its run ends FAILED with `reason` (if still PENDING)
+/// and the request leaves the outbox.
+async fn give_up(db: &DatabaseConnection, id: Uuid, run_id: &str, reason: &str) -> Result<(), DbErr> {
+    tracing::error!(%run_id, %reason, "outbox: request not published; run FAILED");
+    fail_pending(db, run_id, reason).await?;
+    outbox::Entity::delete_by_id(id).exec(db).await?;
+    Ok(())
 }
 
 /// Says on a PENDING run that its request is waiting for the broker.

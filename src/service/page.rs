@@ -28,7 +28,8 @@ impl Default for PageRequest {
 impl PageRequest {
     /// Reads `page` and `page_size` from a query, reporting out-of-range values.
     pub fn from_query(query: &super::check::Object<'_>, checks: &mut Checks) -> PageRequest {
-        let page = checks.integer(*query, "page", false, 1, i64::MAX).unwrap_or(1) as u64;
+        // Bounded so that the offset still fits the database's 64-bit integers.
+        let page = checks.integer(*query, "page", false, 1, i64::MAX / MAX_PAGE_SIZE as i64).unwrap_or(1) as u64;
         let page_size =
             checks.integer(*query, "page_size", false, 1, MAX_PAGE_SIZE as i64).unwrap_or(DEFAULT_PAGE_SIZE as i64);
         PageRequest { page, page_size: page_size as u64 }

@@ -268,6 +268,12 @@ pub async fn logs(db: &DatabaseConnection, run_id: &str) -> Result<Vec<String>, 
     Ok(lines.into_iter().map(|(at, _, line)| format!("{at} {line}")).collect())
 }
 
+/// The owner a retried run is handed to until an executor claims it. It names no executor, so the
+/// executor that ran the previous round — which may not have noticed a cancellation yet — sees at
+/// its next lease renewal that the run is no longer its and stops it, its late writes do not land,
+/// and the next claim need not wait for that executor's lease.
+pub const RETRY_OWNER: &str = "api";
+
 /// What the producer commands need besides the database.
 #[derive(Debug, Clone)]
 pub struct Producer<'a> {
@@ -300,7 +306,7 @@ pub async fn execute(
         timestamp: timestamp_now(),
         message_type: crate::wire::EXECUTION_REQUEST.into(),
     };
-    let message = request_message(producer.config, &request);
+    let message = request_message(producer.config, &request)?;
     let at = now();
     let txn = db.begin().await?;
     workflow_run::ActiveModel {
@@ -327,12 +333,18 @@ pub async fn execute(
     Ok(find(db, &run_id, || format!("Run with id '{run_id}' not found")).await?.into())
 }
 
-fn request_message(config: &Config, request: &ExecutionRequestMessage) -> Message {
-    Message {
-        topic: config.kafka.requests_topic.clone(),
-        key: request.run_id.clone(),
-        payload: serde_json::to_string(request).expect("a request serialises"),
+/// The request as published; refused when executors would send it to the dead-letter topic
+/// (the plan and the input together exceed `kafka.max_message_bytes`).
+fn request_message(config: &Config, request: &ExecutionRequestMessage) -> Result<Message, ServiceError> {
+    let payload = serde_json::to_string(request).expect("a request serialises");
+    let limit = config.kafka.max_message_bytes;
+    if payload.len() > limit {
+        return Err(ServiceError::TooLarge(format!(
+            "The execution request (plan and input_data) is {} bytes, above kafka.max_message_bytes ({limit})",
+            payload.len()
+        )));
     }
+    Ok(Message { topic: config.kafka.requests_topic.clone(), key: request.run_id.clone(), payload })
 }
 
 /// Publishes a request just committed; a failure leaves it to the relay and says so on the run.
@@ -363,9 +375,10 @@ pub async fn retry(
     let Some(definition_id) = run.workflow_definition_id else {
         return Err(ServiceError::Rejected(format!("Run '{run_id}' has no workflow_definition_id")));
     };
-    let definition = super::workflows::find(db, definition_id)
-        .await
-        .map_err(|_| ServiceError::NotFound(format!("Workflow definition '{definition_id}' not found")))?;
+    let definition = super::workflows::find(db, definition_id).await.map_err(|error| match error {
+        ServiceError::NotFound(_) => ServiceError::NotFound(format!("Workflow definition '{definition_id}' not found")),
+        other => other,
+    })?;
     let request = ExecutionRequestMessage {
         run_id: run_id.to_string(),
         workflow_plan: Some(definition.workflow_data.clone()),
@@ -374,7 +387,7 @@ pub async fn retry(
         timestamp: timestamp_now(),
         message_type: crate::wire::EXECUTION_REQUEST.into(),
     };
-    let message = request_message(producer.config, &request);
+    let message = request_message(producer.config, &request)?;
     use workflow_run::Column as C;
     let at = now();
     let txn = db.begin().await?;
@@ -387,6 +400,8 @@ pub async fn retry(
         .col_expr(C::OutputData, Expr::value(Option::<Value>::None))
         .col_expr(C::RetryCount, Expr::col(C::RetryCount).add(1))
         .col_expr(C::RetriedAt, Expr::value(at))
+        .col_expr(C::OwnerId, Expr::value(RETRY_OWNER))
+        .col_expr(C::LeaseExpiresAt, Expr::value(Option::<NaiveDateTime>::None))
         .col_expr(C::UpdatedAt, Expr::value(at))
         .filter(C::RunId.eq(run_id))
         .filter(C::Status.is_in([RunStatus::Failed.as_str(), RunStatus::Cancelled.as_str()]))
@@ -399,6 +414,8 @@ pub async fn retry(
             "Can only retry failed or cancelled runs. Current status: {now_status}"
         )));
     }
+    // A request of the previous round still waiting to be published would run the old plan.
+    outbox::discard(&txn, run_id).await?;
     let outbox_id = outbox::enqueue(&txn, &message).await?;
     let changes = json!({"previous_status": run.status.as_str()});
     audit::record(&txn, EntityType::Run, run_entity_id(run_id), "retry", Some(changes)).await?;

@@ -18,7 +18,7 @@ pub struct TestApi {
     pub db: TestDb,
     server: Option<ApiServer>,
     node: Option<ExecutorNode>,
-    _broker: Broker,
+    pub broker: Broker,
 }
 
 /// A response: status, headers and the body as JSON (`null` when it is not JSON).
@@ -54,7 +54,7 @@ impl TestApi {
             db,
             server: Some(server),
             node: Some(node),
-            _broker: broker,
+            broker,
         }
     }
 
