@@ -32,10 +32,9 @@ pub const BUILTIN_AGENTS: [&str; 4] = ["echo", "sleep", "fail", "panic"];
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
-    /// A value of the wrong type, an unknown key, or TOML that does not parse. Figment's message
-    /// names the key and the layer it came from.
-    #[error("invalid configuration: {0}")]
-    Parse(Box<figment::Error>),
+    /// Every problem, one per line, each as `key = value: what is allowed (where it was set)`:
+    /// values of the wrong type, unknown keys (with the closest known one), TOML that does not
+    /// parse, and values out of range.
     #[error("invalid configuration:\n  {}", .0.join("\n  "))]
     Invalid(Vec<String>),
 }
@@ -396,7 +395,7 @@ impl Config {
     }
 
     pub fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
-        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(Box::new(e)))?;
+        let config: Config = figment.extract().map_err(|error| ConfigError::Invalid(describe(error)))?;
         config.validate()?;
         Ok(config)
     }
@@ -509,6 +508,80 @@ impl Config {
     }
 }
 
+/// figment's errors in the form of the others: `key = value: what is allowed (where)`.
+fn describe(error: figment::Error) -> Vec<String> {
+    use figment::error::{Actual, Kind};
+    error
+        .into_iter()
+        .map(|error| {
+            let key = error.path.join(".");
+            let place = place(&error);
+            match &error.kind {
+                Kind::UnknownField(field, known) => {
+                    let key = if key.is_empty() || key.ends_with(field.as_str()) {
+                        if key.is_empty() { field.clone() } else { key.clone() }
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    let hint = crate::wording::did_you_mean(field, known.iter().copied())
+                        .map(|k| format!("; did you mean {k}?"))
+                        .unwrap_or_default();
+                    format!("{key}: unknown setting{hint}{place}")
+                }
+                Kind::InvalidType(actual, wanted) | Kind::InvalidValue(actual, wanted) => {
+                    let value = match actual {
+                        Actual::Str(s) => format!("{s:?}"),
+                        Actual::Signed(n) => n.to_string(),
+                        Actual::Unsigned(n) => n.to_string(),
+                        Actual::Float(n) => n.to_string(),
+                        Actual::Bool(b) => b.to_string(),
+                        Actual::Map => "a table".into(),
+                        Actual::Seq => "a list".into(),
+                        other => other.to_string(),
+                    };
+                    format!("{key} = {value}: must be {}{place}", crate::wording::expected(wanted))
+                }
+                Kind::UnknownVariant(value, allowed) => {
+                    format!("{key} = {value:?}: must be one of {}{place}", allowed.join(", "))
+                }
+                Kind::MissingField(field) => {
+                    let key = if key.is_empty() { field.to_string() } else { format!("{key}.{field}") };
+                    format!("{key}: required{place}")
+                }
+                other => format!("{key}: {}{place}", crate::wording::humanize(&other.to_string())),
+            }
+        })
+        .collect()
+}
+
+/// Where a bad value came from: the file (and the line of the key, when it can be found) or the
+/// environment variable.
+fn place(error: &figment::Error) -> String {
+    let Some(metadata) = &error.metadata else { return String::new() };
+    match &metadata.source {
+        Some(figment::Source::File(path)) => {
+            let key = error.path.last().map(String::as_str).unwrap_or_default();
+            let line = std::fs::read_to_string(path).ok().and_then(|text| {
+                text.lines().position(|l| {
+                    let l = l.trim_start();
+                    l.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('='))
+                        || l.strip_prefix(&format!("\"{key}\"")).is_some_and(|rest| rest.trim_start().starts_with('='))
+                })
+            });
+            match line {
+                Some(line) => format!(" (in {}, line {})", path.display(), line + 1),
+                None => format!(" (in {})", path.display()),
+            }
+        }
+        _ if metadata.name.contains("environment") => {
+            let variable: Vec<String> = error.path.iter().map(|k| k.to_uppercase()).collect();
+            format!(" (environment variable {ENV_PREFIX}{})", variable.join("__"))
+        }
+        Some(figment::Source::Code(_)) | None => " (in the built-in defaults)".into(),
+        Some(other) => format!(" (in {other})"),
+    }
+}
+
 fn at_least_one(out: &mut Vec<String>, key: &str, value: u64) {
     if value == 0 {
         out.push(format!("{key} = 0: must be ≥ 1"));
@@ -516,10 +589,11 @@ fn at_least_one(out: &mut Vec<String>, key: &str, value: u64) {
 }
 
 impl fmt::Display for Config {
-    /// The effective configuration as TOML, for `runvisor config` and start-up logs. Secrets in
-    /// agents' auth_config are masked.
+    /// The effective configuration as TOML, for `runvisor config` and start-up logs. Secrets are
+    /// masked: the database password, the API token, agents' auth_config.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut shown = self.clone();
+        shown.database.url = crate::db::redact(&shown.database.url);
         if !shown.api.auth_token.is_empty() {
             shown.api.auth_token = "***".into();
         }

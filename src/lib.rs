@@ -60,7 +60,8 @@
 //! - [`observability`]: logging setup and the catalogue of Prometheus metrics;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
-//! - [`report`]: run summaries for the command line.
+//! - [`report`]: run summaries for the command line;
+//! - [`wording`]: type names and "did you mean" in words people read.
 
 pub mod actors;
 pub mod agents;
@@ -75,5 +76,6 @@ pub mod plan;
 pub mod report;
 pub mod service;
 pub mod wire;
+pub mod wording;
 
 pub use config::Config;

@@ -16,7 +16,7 @@ fn runvisor(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 #[test]
 fn every_example_runs_to_completion_on_the_embedded_defaults() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["pipeline", "parallel", "conditional", "loop", "fork_join"] {
+    for name in ["pipeline", "parallel", "conditional", "loop", "fork_join", "ui_made"] {
         let plan = common::project_examples().join(format!("{name}.json"));
         let output =
             runvisor(dir.path(), &["run", plan.to_str().unwrap(), "--input", r#"{"topic": "rust", "city": "Oslo"}"#]);

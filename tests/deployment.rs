@@ -160,7 +160,8 @@ fn dockerfile_is_multi_stage_and_its_runtime_stage_is_non_root_and_exposes_8000_
 
 /// The build stage copies only what the build reads (so target/ and .git stay out of it), so it must
 /// copy every workspace member and every repository file rustc reads for the binary — sources and
-/// include_str!/include_bytes! targets — as Cargo's dep-info beside the binary lists them.
+/// include_str!/include_bytes! targets (found in the sources: Cargo's dep-info file exists only after
+/// a `cargo build`, not after `cargo test` alone).
 #[test]
 fn dockerfile_build_stage_copies_everything_the_build_reads() {
     let dockerfile = Dockerfile::load();
@@ -179,16 +180,34 @@ fn dockerfile_build_stage_copies_everything_the_build_reads() {
 
     let manifest: toml::Table = toml::from_str(&read(&repo().join("Cargo.toml"))).expect("Cargo.toml is TOML");
     let members = get(&manifest, &["workspace", "members"]).and_then(toml::Value::as_array).cloned();
-    let mut needed: BTreeSet<String> = ["Cargo.toml", "Cargo.lock"].map(String::from).into();
-    for member in members.unwrap_or_default().iter().filter_map(toml::Value::as_str) {
+    let mut needed: BTreeSet<String> = ["Cargo.toml", "Cargo.lock", "src"].map(String::from).into();
+    for member in members.iter().flatten().filter_map(toml::Value::as_str).filter(|m| *m != ".") {
         needed.extend(["Cargo.toml", "src"].map(|f| format!("{member}/{f}").trim_start_matches("./").to_string()));
     }
-    let binary = Path::new(env!("CARGO_BIN_EXE_runvisor"));
-    let dep_info = read(&binary.with_extension("d"));
-    let read_by_rustc = dep_info.split_once(": ").map_or("", |(_, files)| files).split_whitespace();
-    let target_dir = binary.parent().and_then(Path::parent).unwrap();
-    needed.extend(read_by_rustc.map(|f| repo().join(f)).filter(|f| !f.starts_with(target_dir)).map(|f| shown(&f)));
-    assert!(needed.contains("src/main.rs"), "{}.d lists no sources: {dep_info}", binary.display());
+    // Files the sources pull in at compile time, relative to the repository.
+    let mut sources_dirs: Vec<PathBuf> = vec![repo().join("src")];
+    for member in members.iter().flatten().filter_map(toml::Value::as_str).filter(|m| *m != ".") {
+        sources_dirs.push(repo().join(member).join("src"));
+    }
+    while let Some(dir) = sources_dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources_dirs.push(path);
+                continue;
+            }
+            let text = read(&path);
+            for call in ["include_str!(\"", "include_bytes!(\""] {
+                for (at, _) in text.match_indices(call) {
+                    let rest = &text[at + call.len()..];
+                    let target = path.parent().unwrap().join(&rest[..rest.find('"').unwrap_or(0)]);
+                    let target = target.canonicalize().unwrap_or_else(|e| panic!("{}: {call}…): {e}", path.display()));
+                    needed.insert(shown(&target));
+                }
+            }
+        }
+    }
+    assert!(needed.iter().any(|p| p == "config/default.toml"), "the sources include config/default.toml: {needed:?}");
     let mut missing: Vec<&String> = needed.iter().filter(|path| !covered(path)).collect();
     missing.retain(|path| !needed.iter().any(|dir| path.starts_with(&format!("{dir}/")) && !covered(dir)));
     assert!(missing.is_empty(), "{d}: the build stage does not COPY {missing:?}, which the build reads: {sources:?}");
@@ -329,7 +348,8 @@ fn shown_value(config: &toml::Table, variable: &str) -> Option<toml::Value> {
 fn shows(shown: &toml::Value, variable: &str, value: &str) -> bool {
     let secret = variable.ends_with("__API__AUTH_TOKEN") || variable.contains("__AUTH_CONFIG__");
     match shown {
-        toml::Value::String(s) => s == value || (secret && s == "***"),
+        // `runvisor config` masks secrets, the database password among them.
+        toml::Value::String(s) => s == value || (secret && s == "***") || *s == runvisor::db::redact(value),
         other => other.to_string() == value.trim(),
     }
 }

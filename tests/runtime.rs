@@ -21,7 +21,7 @@ async fn every_example_completes_on_both_backends_with_consistent_rows() {
         let db = db.migrated().await;
         let backend = db.backend();
         let test = db.executor(&test_config()).await;
-        for name in ["pipeline", "parallel", "conditional", "loop", "fork_join"] {
+        for name in ["pipeline", "parallel", "conditional", "loop", "fork_join", "ui_made"] {
             let run_id = format!("{name}-1");
             let outcome = test
                 .executor
@@ -40,6 +40,16 @@ async fn every_example_completes_on_both_backends_with_consistent_rows() {
                 assert!(run.completed_at.unwrap() >= step.completed_at.unwrap(), "the run ends after its attempts");
             }
         }
+        // The plan the platform's UI makes: members pointing back at their block run once each.
+        let (run, steps) = test.executor.persistence().load_run("ui_made-1").await.unwrap().unwrap();
+        assert_eq!(
+            run.output_data,
+            Some(json!({"city": "Oslo", "headline": "Rain in Oslo", "advice": "a jacket will do"})),
+            "{backend:?}"
+        );
+        let mut called: Vec<&str> = steps.iter().map(|s| s.step_id.as_str()).collect();
+        called.sort();
+        assert_eq!(called, ["mild", "news", "report", "weather"], "{backend:?}: each once, the untaken branch never");
         // The fork-join example's slow branch timed out: its call ended CANCELLED.
         let (_, steps) = test.executor.persistence().load_run("fork_join-1").await.unwrap().unwrap();
         let slow = steps.iter().find(|s| s.step_id == "slow-1").unwrap();

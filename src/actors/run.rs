@@ -194,7 +194,8 @@ enum ExecKind {
         waiting: VecDeque<String>,
         running: usize,
         outputs: Map<String, Value>,
-        failed: Vec<String>,
+        /// Failed members with their errors, in the order they failed.
+        failed: Vec<(String, String)>,
         remaining: usize,
     },
     Conditional {
@@ -1099,15 +1100,21 @@ impl RunState {
                     Ok(output) => {
                         outputs.insert(child_step, output);
                     }
-                    Err(_) => failed.push(child_step),
+                    Err(error) => failed.push((child_step, error)),
                 }
                 if *remaining > 0 {
                     Then::StartMember
                 } else if failed.is_empty() {
                     Then::Finish(Ok(Value::Object(std::mem::take(outputs))))
                 } else {
-                    let reason =
-                        format!("Parallel execution failed: {} step(s) failed: {}", failed.len(), failed.join(", "));
+                    let ids: Vec<&str> = failed.iter().map(|(id, _)| id.as_str()).collect();
+                    let errors: Vec<&str> = failed.iter().map(|(_, error)| error.as_str()).collect();
+                    let reason = format!(
+                        "Parallel execution failed: {} step(s) failed: {}. Failed: {}",
+                        failed.len(),
+                        ids.join(", "),
+                        errors.join("; ")
+                    );
                     Then::Finish(Err(step_failed(&parent_step, "parallel", reason)))
                 }
             }
@@ -1440,7 +1447,10 @@ mod tests {
         let recorded = run_plan(plan("p", failing), json!({})).await;
         assert_eq!(
             recorded.outcome.error.as_deref(),
-            Some("Step 'p' (agent: parallel) failed: Parallel execution failed: 2 step(s) failed: x, z")
+            Some(
+                "Step 'p' (agent: parallel) failed: Parallel execution failed: 2 step(s) failed: x, z. \
+                 Failed: Step 'x' (agent: fail) failed: no; Step 'z' (agent: fail) failed: no"
+            )
         );
     }
 

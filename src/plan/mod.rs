@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: the plan as received ([`PlanDocument`]) and as validated ([`Plan`]);
 //! - [`mod@validate`]: every rule of the contract, all problems reported at once;
+//! - [`lint`]: warnings about what a valid plan probably got wrong;
 //! - [`expr`]: the `${…}` reference language;
 //! - [`mapping`]: building an agent's input from a step's `input_mapping`;
 //! - [`condition`]: the expression language of `conditional` steps.
@@ -11,6 +12,7 @@
 
 pub mod condition;
 pub mod expr;
+pub mod lint;
 pub mod mapping;
 pub mod model;
 pub mod validate;

@@ -77,7 +77,7 @@ pub fn validate(document: &Value, agents: &dyn AgentCatalog) -> Result<Plan, Inv
 fn decode<T: DeserializeOwned>(value: &Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        (path, e.into_inner().to_string())
+        (path, crate::wording::humanize(&e.into_inner().to_string()))
     })
 }
 
@@ -125,7 +125,7 @@ fn check(document: &Value, agents: &dyn AgentCatalog, problems: &mut Problems) -
             }
         }
     }
-    let acyclic = check_cycles(&steps, problems);
+    let acyclic = check_cycles(&steps, plan.start_step.as_deref(), problems);
     if !raw_steps.is_empty() && !steps.values().any(|s| s.next_step.is_none()) && steps.len() == raw_steps.len() {
         problems.plan("steps", "no terminal step: every step has a next_step");
     }
@@ -390,9 +390,38 @@ fn seconds(value: Option<f64>, step: &str, field: &str, problems: &mut Problems)
     }
 }
 
-/// Finds cycles through any reference (next_step or a compound step's children). Iterative, so a
-/// plan with a very long chain cannot overflow the stack. Returns whether the graph is acyclic.
-fn check_cycles(steps: &BTreeMap<String, Step>, problems: &mut Problems) -> bool {
+/// Finds the cycles a run could really loop through (CONTRACT.md §3): along the main chain
+/// (`start_step` → `next_step` …), and through containment (a compound step that contains itself
+/// through its members, directly or through other compound steps). A member's own `next_step` is
+/// not followed while it runs as a member, so it may point back at its block: the platform's UI
+/// makes such plans. Returns whether no such cycle exists.
+fn check_cycles(steps: &BTreeMap<String, Step>, start: Option<&str>, problems: &mut Problems) -> bool {
+    let mut acyclic = true;
+    if let Some(start) = start.filter(|s| steps.contains_key(*s)) {
+        let mut chain: Vec<&str> = vec![start];
+        let mut seen: HashMap<&str, usize> = HashMap::from([(start, 0)]);
+        while let Some(next) = steps[*chain.last().unwrap_or(&start)].next_step.as_deref() {
+            if !steps.contains_key(next) {
+                break;
+            }
+            if let Some(&at) = seen.get(next) {
+                let mut cycle = chain[at..].to_vec();
+                cycle.push(next);
+                let last = chain.last().copied().unwrap_or(start);
+                problems.step(last, "next_step", format!("forms a cycle along the main chain: {}", cycle.join(" → ")));
+                acyclic = false;
+                break;
+            }
+            seen.insert(next, chain.len());
+            chain.push(next);
+        }
+    }
+    acyclic && check_containment(steps, problems)
+}
+
+/// Depth-first over compound steps' members only. Iterative, so a deeply nested plan cannot
+/// overflow the stack.
+fn check_containment(steps: &BTreeMap<String, Step>, problems: &mut Problems) -> bool {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         Unvisited,
@@ -401,7 +430,11 @@ fn check_cycles(steps: &BTreeMap<String, Step>, problems: &mut Problems) -> bool
     }
     let edges: HashMap<&str, Vec<(String, &str)>> = steps
         .values()
-        .map(|s| (s.id.as_str(), references(s).into_iter().filter(|(_, t)| steps.contains_key(*t)).collect()))
+        .map(|s| {
+            let members =
+                references(s).into_iter().filter(|(field, target)| field != "next_step" && steps.contains_key(*target));
+            (s.id.as_str(), members.collect())
+        })
         .collect();
     let mut marks: HashMap<&str, Mark> = steps.keys().map(|k| (k.as_str(), Mark::Unvisited)).collect();
     let mut acyclic = true;
@@ -430,7 +463,7 @@ fn check_cycles(steps: &BTreeMap<String, Step>, problems: &mut Problems) -> bool
                     let start = path.iter().position(|(n, _)| *n == *target).unwrap_or(0);
                     let mut cycle: Vec<&str> = path[start..].iter().map(|(n, _)| *n).collect();
                     cycle.push(target);
-                    problems.step(node, field, format!("forms a cycle: {}", cycle.join(" → ")));
+                    problems.step(node, field, format!("contains itself: {}", cycle.join(" → ")));
                 }
                 Mark::Done => {}
             }
@@ -529,7 +562,7 @@ mod tests {
             with_steps(json!({"b": {"id": "b", "agent_name": "x"}})),
             "start_step: references unknown step 'a'",
         );
-        assert_eq!(problems(json!({"name": 5})), vec!["name: invalid type: integer `5`, expected a string"]);
+        assert_eq!(problems(json!({"name": 5})), vec!["name: expected a string, found the number 5"]);
     }
 
     #[test]
@@ -549,7 +582,7 @@ mod tests {
         );
         assert_problem(
             with_steps(json!({"a": {"id": "a", "agent_name": "x", "max_parallelism": "many"}})),
-            "step 'a': max_parallelism: invalid type: string \"many\", expected i64",
+            "step 'a': max_parallelism: expected a whole number, found the string \"many\"",
         );
     }
 
@@ -584,14 +617,14 @@ mod tests {
     }
 
     #[test]
-    fn cycles_through_any_reference_kind() {
+    fn cycles_where_a_run_could_loop_are_refused_with_their_path() {
         assert_problem(
             with_steps(json!({
                 "a": {"id": "a", "agent_name": "x", "next_step": "b"},
                 "b": {"id": "b", "agent_name": "x", "next_step": "a"},
                 "c": {"id": "c", "agent_name": "x"}
             })),
-            "step 'b': next_step: forms a cycle: a → b → a",
+            "step 'b': next_step: forms a cycle along the main chain: a → b → a",
         );
         assert_problem(
             with_steps(json!({
@@ -599,13 +632,44 @@ mod tests {
                 "b": {"id": "b", "type": "parallel", "parallel_steps": ["a", "c"]},
                 "c": {"id": "c", "agent_name": "x"}
             })),
-            "step 'b': parallel_steps[0]: forms a cycle: a → b → a",
+            "step 'b': parallel_steps[0]: contains itself: a → b → a",
         );
         assert_problem(
             with_steps(
                 json!({"a": {"id": "a", "type": "conditional", "condition": {"expression": "1"}, "if_true_step": "a"}}),
             ),
-            "step 'a': if_true_step: forms a cycle: a → a",
+            "step 'a': if_true_step: contains itself: a → a",
+        );
+    }
+
+    #[test]
+    fn members_may_point_back_at_their_block_as_the_platforms_ui_makes_them() {
+        // A member's next_step is never followed while it runs as a member (CONTRACT.md §3).
+        let plan = with_steps(json!({
+            "a": {"id": "a", "type": "parallel", "parallel_steps": ["m1", "m2"], "next_step": "route"},
+            "m1": {"id": "m1", "agent_name": "x", "next_step": "a"},
+            "m2": {"id": "m2", "agent_name": "x", "next_step": "a"},
+            "route": {"id": "route", "type": "conditional", "condition": {"expression": "true"},
+                      "if_true_step": "yes", "next_step": null},
+            "yes": {"id": "yes", "agent_name": "x", "next_step": "route"}
+        }));
+        assert_eq!(problems(plan.clone()), Vec::<String>::new());
+        assert_eq!(validate(&plan, &known).unwrap().main_chain, ["a", "route"]);
+        // Steps off the main chain may chain into each other: nothing follows them.
+        let off_chain = with_steps(json!({
+            "a": {"id": "a", "agent_name": "x"},
+            "b": {"id": "b", "agent_name": "x", "next_step": "c"},
+            "c": {"id": "c", "agent_name": "x", "next_step": "b"}
+        }));
+        assert_eq!(problems(off_chain), Vec::<String>::new());
+        // But a member's next_step must still name a step.
+        assert_problem(
+            with_steps(json!({
+                "a": {"id": "a", "type": "parallel", "parallel_steps": ["m1", "m2"]},
+                "m1": {"id": "m1", "agent_name": "x", "next_step": "gone"},
+                "m2": {"id": "m2", "agent_name": "x"}
+            })),
+            "step 'm1': next_step: references unknown step 'gone'",
         );
     }
 
