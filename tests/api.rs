@@ -339,6 +339,17 @@ async fn workflow_routes_validate_with_the_executors_validator_and_keep_versions
         .await;
     assert_eq!(accepted.status, StatusCode::CREATED, "a fork_join plan the executor runs is accepted: {accepted:?}");
 
+    // Probable mistakes do not refuse a plan the executor would run: they come back as warnings.
+    let typo = api
+        .post(
+            "/workflows",
+            &workflow("typo", json!({"a": {"agent_name": "echo", "input_mapping": {}, "nxt_step": "b"}})),
+        )
+        .await;
+    assert_eq!(typo.status, StatusCode::CREATED, "{typo:?}");
+    assert_eq!(typo.body["warnings"], json!(["step 'a': nxt_step: unknown field, ignored; did you mean 'next_step'?"]));
+    assert!(accepted.body.get("warnings").is_none(), "no warnings, no field: {accepted:?}");
+
     // Agents must exist and be active.
     let unknown =
         api.post("/workflows", &workflow("w", json!({"a": {"agent_name": "Ghost", "input_mapping": {}}}))).await;

@@ -39,6 +39,10 @@ pub struct WorkflowResponse {
     pub updated_at: String,
     pub created_by: Option<String>,
     pub updated_by: Option<String>,
+    /// On create and update: what the plan probably got wrong, though it is valid (unknown fields,
+    /// steps nothing runs, expressions that cannot parse). Absent when there is nothing to say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl From<definition::Model> for WorkflowResponse {
@@ -54,6 +58,7 @@ impl From<definition::Model> for WorkflowResponse {
             updated_at: iso(&row.updated_at),
             created_by: row.created_by,
             updated_by: row.updated_by,
+            warnings: Vec::new(),
         }
     }
 }
@@ -211,10 +216,11 @@ fn workflow_data(name: &str, version: i32, start_step: &str, steps: &Map<String,
 }
 
 /// Validates a plan with the executor's validator; agents are checked apart (their problems are
-/// 400/404 answers, not field errors). Every problem becomes a field error under `body`.
-fn validate_plan(document: &Value) -> Result<Plan, ServiceError> {
+/// 400/404 answers, not field errors). Every problem becomes a field error under `body`; a valid
+/// plan comes with its warnings.
+fn validate_plan(document: &Value) -> Result<(Plan, Vec<String>), ServiceError> {
     let any_agent = |_: &str| true;
-    crate::plan::validate(document, &any_agent).map_err(|invalid| {
+    let plan = crate::plan::validate(document, &any_agent).map_err(|invalid| {
         ServiceError::Invalid(
             invalid
                 .problems
@@ -229,7 +235,9 @@ fn validate_plan(document: &Value) -> Result<Plan, ServiceError> {
                 })
                 .collect(),
         )
-    })
+    })?;
+    let warnings = crate::plan::lint::lint(document, Some(&plan)).iter().map(ToString::to_string).collect();
+    Ok((plan, warnings))
 }
 
 fn agent_names(plan: &Plan) -> Vec<&str> {
@@ -251,7 +259,7 @@ pub async fn create(
     config: &Config,
     request: WorkflowCreate,
 ) -> Result<WorkflowResponse, ServiceError> {
-    let plan = validate_plan(&workflow_data(&request.name, 1, &request.start_step, &request.steps))?;
+    let (plan, warnings) = validate_plan(&workflow_data(&request.name, 1, &request.start_step, &request.steps))?;
     if let Err(problem) = check_callable(db, config, agent_names(&plan)).await? {
         return Err(ServiceError::Rejected(problem.to_string()));
     }
@@ -283,7 +291,7 @@ pub async fn create(
     });
     audit::record(&txn, EntityType::Workflow, row.id, "create", Some(changes)).await?;
     txn.commit().await?;
-    Ok(row.into())
+    Ok(WorkflowResponse { warnings, ..row.into() })
 }
 
 /// Applies a `PUT /workflows/{id}` body (`description`, `start_step`, `steps`, `status`).
@@ -304,6 +312,7 @@ pub async fn update(
     checks.done()?;
 
     let mut row = stored.clone().into_active_model();
+    let mut warnings = Vec::new();
     let replans = start_step.is_some() || steps.is_some();
     if replans {
         let stored_steps = stored.workflow_data.get("steps").and_then(Value::as_object).cloned().unwrap_or_default();
@@ -315,7 +324,8 @@ pub async fn update(
         // (or one POSTed under the same name) must not collide with a newer one.
         let version = latest_version(db, &stored.name).await?.unwrap_or(stored.version) + 1;
         let document = workflow_data(&stored.name, version, &start_step, &steps);
-        let plan = validate_plan(&document)?;
+        let (plan, found) = validate_plan(&document)?;
+        warnings = found;
         if object.fields.contains_key("steps") {
             match check_callable(db, config, agent_names(&plan)).await? {
                 Ok(()) => {}
@@ -353,7 +363,7 @@ pub async fn update(
     }
     audit::record(&txn, EntityType::Workflow, id, "update", Some(body.clone())).await?;
     txn.commit().await?;
-    Ok(updated.into())
+    Ok(WorkflowResponse { warnings, ..updated.into() })
 }
 
 /// Soft delete: status `deleted`; runs are untouched, and a PUT with `status: active` revives it.
