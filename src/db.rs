@@ -73,6 +73,21 @@ pub fn is_transient(error: &DbErr) -> bool {
     }
 }
 
+/// Where the rows are, for people: the absolute path of an SQLite file, else the URL with its
+/// password masked.
+pub fn location(config: &DatabaseConfig) -> String {
+    let url = &config.url;
+    if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if path.is_empty() || path == ":memory:" {
+            return "an in-memory SQLite database".into();
+        }
+        let path = std::path::Path::new(path);
+        return std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()).display().to_string();
+    }
+    redact(url)
+}
+
 /// The URL with any password masked, for messages and logs.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };

@@ -55,8 +55,8 @@
 //! - [`api`]: the HTTP routes, one file per resource, thin over [`service`];
 //! - [`service`]: queries and commands on workflows, agents and runs (the API's, and the CLI's to be),
 //!   the outbox, audit rows, validation of request fields;
-//! - [`modes`]: the composition root: `consume`, `api`, `dev`, `run`, `submit` assembled from the
-//!   parts above;
+//! - [`modes`]: the composition root: `consume`, `api`, `dev` assembled from the parts above;
+//! - [`cli`]: the command line: arguments, output (text or JSON), exit codes, one-shot commands;
 //! - [`observability`]: logging setup and the catalogue of Prometheus metrics;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
@@ -66,6 +66,7 @@
 pub mod actors;
 pub mod agents;
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod executor;

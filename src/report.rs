@@ -7,10 +7,16 @@ use std::time::Duration;
 use entity::{step_execution, workflow_run};
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
 
-/// The run's status, output or error, and a table of its attempts in the order they started.
-pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model]) -> String {
+/// The run's status, when it started and how long it took, where its rows are, its output or
+/// error, and a table of its attempts in the order they started.
+pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model], data: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "run {}  {}  ({})", run.run_id, run.status, run.workflow_name);
+    let took = match run.completed_at {
+        Some(end) => format!("took {}", duration(end - run.created_at)),
+        None => format!("running for {}", duration(chrono::Utc::now().naive_utc() - run.created_at)),
+    };
+    let _ = writeln!(out, "started {} UTC, {took}; data in {data}", run.created_at.format("%Y-%m-%d %H:%M:%S"));
     if let Some(output) = &run.output_data {
         let _ = writeln!(out, "output: {}", serde_json::to_string_pretty(output).unwrap_or_default());
     }
@@ -64,6 +70,30 @@ pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model]) ->
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
+}
+
+/// A duration as people read it: `850 ms`, `12.4 s`, `3 min 5 s`, `2 h 10 min`.
+pub fn duration(delta: chrono::TimeDelta) -> String {
+    let ms = delta.num_milliseconds().max(0);
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
+/// A run and its attempts as stored, or an error if there is no such run.
+pub async fn load(
+    db: &DatabaseConnection,
+    run_id: &str,
+) -> Result<(workflow_run::Model, Vec<step_execution::Model>), DbErr> {
+    let run = workflow_run::Entity::find_by_id(run_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(format!("run {run_id}")))?;
+    let steps = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
+    Ok((run, steps))
 }
 
 /// Polls the database until `run_id` is terminal (`runvisor submit --wait`, a separate process

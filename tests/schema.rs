@@ -200,6 +200,7 @@ async fn entities_round_trip_and_the_contract_queries_run() {
             lease_expires_at: Set(Some(now)),
             retry_count: Set(2),
             retried_at: Set(Some(now)),
+            workflow_plan: Set(None),
         };
         let inserted = run.insert(&db.db).await.unwrap();
         let step = step_execution::ActiveModel {

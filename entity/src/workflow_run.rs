@@ -35,6 +35,10 @@ pub struct Model {
     /// When it was last retried: attempts before this do not count against the retry budget of
     /// the calls it runs again.
     pub retried_at: Option<DateTime>,
+    /// The plan of a run whose request carried it inline (runvisor's column): what a retry or a
+    /// resume without the request runs. Runs of a stored definition leave it null.
+    #[sea_orm(column_type = "JsonBinary", nullable)]
+    pub workflow_plan: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

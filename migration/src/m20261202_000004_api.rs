@@ -8,6 +8,8 @@
 //! - `workflow_runs.retry_count` / `retried_at`: how often a run was retried, and when last;
 //!   `step_executions.retry_round`: the run's retry_count when the attempt started, so the executor
 //!   counts only the current round's attempts against a call's retry policy.
+//! - `workflow_runs.workflow_plan`: the plan of a run whose request carried it inline, for retries
+//!   and resumes without the request.
 //! - `workflow_definitions.superseded_by`: set on the copy a PUT keeps of the definition it
 //!   replaced (the row that replaced it), so lists show each workflow once and `/versions` all.
 
@@ -61,6 +63,7 @@ enum WorkflowRuns {
     Table,
     RetryCount,
     RetriedAt,
+    WorkflowPlan,
 }
 
 fn utc_now(backend: DbBackend) -> Expr {
@@ -160,6 +163,16 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        if !manager.has_column("workflow_runs", "workflow_plan").await? {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(WorkflowRuns::Table)
+                        .add_column(json_binary_null(WorkflowRuns::WorkflowPlan))
+                        .to_owned(),
+                )
+                .await?;
+        }
         if !manager.has_column("workflow_runs", "retried_at").await? {
             manager
                 .alter_table(
@@ -185,7 +198,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        for column in [WorkflowRuns::RetryCount, WorkflowRuns::RetriedAt] {
+        for column in [WorkflowRuns::RetryCount, WorkflowRuns::RetriedAt, WorkflowRuns::WorkflowPlan] {
             manager.alter_table(Table::alter().table(WorkflowRuns::Table).drop_column(column).to_owned()).await?;
         }
         manager.drop_table(Table::drop().table(RunvisorOutbox::Table).if_exists().to_owned()).await?;

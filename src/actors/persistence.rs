@@ -61,6 +61,9 @@ pub struct RunWrite {
     /// For a cancellation: when it was asked for. It takes effect only if the run was not retried
     /// after that, so a late cancellation message cannot cancel the run's next round.
     pub cancel_requested_at: Option<NaiveDateTime>,
+    /// An inline plan, stored with a row this write creates so the run can be retried or
+    /// resumed without its request (`workflow_runs.workflow_plan`).
+    pub plan: Option<Value>,
     pub at: NaiveDateTime,
 }
 
@@ -625,6 +628,7 @@ fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
         lease_expires_at: Set(None),
         retry_count: sea_orm::ActiveValue::NotSet,
         retried_at: sea_orm::ActiveValue::NotSet,
+        workflow_plan: Set(run.plan.clone()),
     }
 }
 
@@ -934,6 +938,7 @@ mod tests {
             cancelled_by: None,
             owner: None,
             cancel_requested_at: None,
+            plan: None,
             at: chrono::Utc::now().naive_utc(),
         }))
     }

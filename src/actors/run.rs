@@ -497,6 +497,7 @@ impl RunState {
             cancelled_by,
             owner: Some(self.deps.owner.clone()),
             cancel_requested_at: None,
+            plan: None,
             at: Self::now(),
         }))
     }
@@ -526,6 +527,10 @@ impl RunState {
         let claim = Claim {
             run: RunWrite {
                 status: RunStatus::Running,
+                plan: match &self.request.plan {
+                    PlanSource::Inline(document) => Some(document.clone()),
+                    _ => None,
+                },
                 ..match self.run_write(RunStatus::Running, None, None, None) {
                     WriteOp::Run(run) => *run,
                     _ => unreachable!("run_write writes a run"),
@@ -1221,6 +1226,12 @@ impl RunState {
         }
         let terminal = self.run_write(status, output.clone(), error.clone(), cancelled_by);
         metrics::counter!(names::RUNS_FINISHED, "status" => status.as_str()).increment(1);
+        tracing::info!(
+            status = status.as_str(),
+            took_ms = self.started.elapsed().as_millis() as u64,
+            error = error.as_deref(),
+            "run finished"
+        );
         metrics::histogram!(names::RUN_DURATION, "status" => status.as_str())
             .record(self.started.elapsed().as_secs_f64());
         self.deps.persistence.write_and_report(terminal, self.run_event(status, error.clone())).await?;

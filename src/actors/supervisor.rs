@@ -240,6 +240,7 @@ impl Actor for RunSupervisor {
             cancelled_by: None,
             owner: Some(state.deps.owner.clone()),
             cancel_requested_at: None,
+            plan: None,
             at: now,
         }));
         // Not awaited here: the supervisor keeps serving other runs while the writes commit.
@@ -292,6 +293,7 @@ async fn cancel_elsewhere(
         cancelled_by,
         owner: None,
         cancel_requested_at: requested_at,
+        plan: None,
         at: chrono::Utc::now().naive_utc(),
     }));
     let event = Event::Run { run_id, workflow_name: String::new(), status: RunStatus::Cancelled, error: Some(error) };

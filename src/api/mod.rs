@@ -72,7 +72,7 @@ impl ApiState {
     }
 
     pub fn producer(&self) -> Producer<'_> {
-        Producer { config: &self.0.config, publisher: &self.0.publisher }
+        Producer { config: &self.0.config, publisher: Some(&self.0.publisher) }
     }
 
     pub fn http(&self) -> &reqwest::Client {

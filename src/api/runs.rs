@@ -43,6 +43,7 @@ pub async fn list(State(state): State<ApiState>, query: QueryParams) -> Result<J
     let filter = RunFilter {
         status: query.text("status"),
         workflow_id: query.text("workflow_id"),
+        workflow: None,
         workflow_definition_id,
         created_after,
         created_before,
@@ -77,7 +78,8 @@ pub async fn retry(
     Path(run_id): Path<String>,
     OptionalJsonBody(_body): OptionalJsonBody,
 ) -> Result<(StatusCode, Json<RetryResponse>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(runs::retry(state.db(), state.producer(), &run_id).await?)))
+    let (response, _) = runs::retry(state.db(), state.producer(), &run_id).await?;
+    Ok((StatusCode::ACCEPTED, Json(response)))
 }
 
 /// Cancel a PENDING or RUNNING run; its calls in flight end CANCELLED.

@@ -5,23 +5,20 @@
 //! | [`consume`] | database, broker, executor, consumer-group member (ingress), outbox relay, metrics listener |
 //! | [`serve_api`] | database, broker (producer only), HTTP API, outbox relay |
 //! | [`dev`] | everything above in one process, on the embedded defaults (SQLite, in-process broker) |
-//! | [`run_plan`] | database and executor, one run fed directly (no broker) |
-//! | [`submit`] | a producer, and optionally a database reader following the run |
 //!
 //! Everything else in the crate is a part: it takes what it needs as arguments and starts nothing
-//! it was not asked to. Binaries call these functions and nothing below them.
+//! it was not asked to. The one-shot commands (`run`, `submit`, `runs`, …) are the command line's
+//! ([`crate::cli`]).
 
 mod api_server;
 mod consume;
 mod dev;
-mod local;
 mod node;
 mod serve;
 
 pub use api_server::ApiServer;
 pub use consume::consume;
 pub use dev::dev;
-pub use local::{read_input, run_plan, submit};
 pub use node::ExecutorNode;
 pub use serve::serve_api;
 

@@ -149,6 +149,8 @@ pub struct RunFilter {
     /// Exact and case-sensitive, as on the platform.
     pub status: Option<String>,
     pub workflow_id: Option<String>,
+    /// A workflow_id or a workflow_name (the command line's `--workflow`).
+    pub workflow: Option<String>,
     pub workflow_definition_id: Option<Uuid>,
     pub created_after: Option<NaiveDateTime>,
     pub created_before: Option<NaiveDateTime>,
@@ -190,6 +192,9 @@ pub async fn list(
     }
     if let Some(workflow_id) = filter.workflow_id {
         select = select.filter(C::WorkflowId.eq(workflow_id));
+    }
+    if let Some(workflow) = filter.workflow {
+        select = select.filter(C::WorkflowId.eq(workflow.as_str()).or(C::WorkflowName.eq(workflow.as_str())));
     }
     if let Some(id) = filter.workflow_definition_id {
         select = select.filter(C::WorkflowDefinitionId.eq(id));
@@ -278,7 +283,11 @@ pub const RETRY_OWNER: &str = "api";
 #[derive(Debug, Clone)]
 pub struct Producer<'a> {
     pub config: &'a Config,
-    pub publisher: &'a Publisher,
+    /// `None` when no broker is shared with executors (the command line on the embedded
+    /// defaults): requests are then not queued for publishing, and the caller runs a retried run
+    /// itself; a cancellation is recorded in the database only, where the executor running the run
+    /// sees it at its next lease renewal.
+    pub publisher: Option<&'a Publisher>,
 }
 
 /// `POST /workflows/{id}/execute`: a PENDING run and its request, committed together, then
@@ -328,7 +337,9 @@ pub async fn execute(
         json!({"workflow_id": definition_id.to_string(), "workflow_name": definition.name, "input_data": input});
     audit::record(&txn, EntityType::Run, run_entity_id(&run_id), "execute", Some(changes)).await?;
     txn.commit().await?;
-    publish(db, producer.publisher, outbox_id, &message).await;
+    if let Some(publisher) = producer.publisher {
+        publish(db, publisher, outbox_id, &message).await;
+    }
     // Read back: a failed publish has said so on the row meanwhile.
     Ok(find(db, &run_id, || format!("Run with id '{run_id}' not found")).await?.into())
 }
@@ -360,11 +371,12 @@ async fn publish(db: &DatabaseConnection, publisher: &Publisher, outbox_id: Uuid
 /// `POST /runs/{id}/retry`: a FAILED or CANCELLED run goes back to PENDING and is requested again
 /// with its definition's current plan and its original input. The executor resumes it: completed
 /// calls are not made again, and failed ones get a fresh attempt budget.
+/// The request is returned too: a caller without a broker (`producer.publisher` is `None`) runs it.
 pub async fn retry(
     db: &DatabaseConnection,
     producer: Producer<'_>,
     run_id: &str,
-) -> Result<RetryResponse, ServiceError> {
+) -> Result<(RetryResponse, ExecutionRequestMessage), ServiceError> {
     let run = find(db, run_id, || format!("Run '{run_id}' not found")).await?;
     if !matches!(run.status, RunStatus::Failed | RunStatus::Cancelled) {
         return Err(ServiceError::Rejected(format!(
@@ -372,17 +384,27 @@ pub async fn retry(
             run.status
         )));
     }
-    let Some(definition_id) = run.workflow_definition_id else {
-        return Err(ServiceError::Rejected(format!("Run '{run_id}' has no workflow_definition_id")));
+    // The definition's current plan, as the platform does; a run without one (its request
+    // carried the plan inline) runs the plan it stored.
+    let plan = match (run.workflow_definition_id, &run.workflow_plan) {
+        (Some(definition_id), _) => {
+            let found = super::workflows::find(db, definition_id).await.map_err(|error| match error {
+                ServiceError::NotFound(_) => {
+                    ServiceError::NotFound(format!("Workflow definition '{definition_id}' not found"))
+                }
+                other => other,
+            })?;
+            found.workflow_data
+        }
+        (None, Some(plan)) => plan.clone(),
+        (None, None) => {
+            return Err(ServiceError::Rejected(format!("Run '{run_id}' has no workflow_definition_id")));
+        }
     };
-    let definition = super::workflows::find(db, definition_id).await.map_err(|error| match error {
-        ServiceError::NotFound(_) => ServiceError::NotFound(format!("Workflow definition '{definition_id}' not found")),
-        other => other,
-    })?;
     let request = ExecutionRequestMessage {
         run_id: run_id.to_string(),
-        workflow_plan: Some(definition.workflow_data.clone()),
-        workflow_definition_id: Some(definition_id.to_string()),
+        workflow_plan: Some(plan),
+        workflow_definition_id: run.workflow_definition_id.map(|id| id.to_string()),
         input_data: run.input_data.clone(),
         timestamp: timestamp_now(),
         message_type: crate::wire::EXECUTION_REQUEST.into(),
@@ -416,19 +438,25 @@ pub async fn retry(
     }
     // A request of the previous round still waiting to be published would run the old plan.
     outbox::discard(&txn, run_id).await?;
-    let outbox_id = outbox::enqueue(&txn, &message).await?;
+    let queued = match producer.publisher {
+        Some(_) => Some(outbox::enqueue(&txn, &message).await?),
+        None => None,
+    };
     let changes = json!({"previous_status": run.status.as_str()});
     audit::record(&txn, EntityType::Run, run_entity_id(run_id), "retry", Some(changes)).await?;
     txn.commit().await?;
-    publish(db, producer.publisher, outbox_id, &message).await;
+    if let (Some(publisher), Some(outbox_id)) = (producer.publisher, queued) {
+        publish(db, publisher, outbox_id, &message).await;
+    }
     let run: RunResponse = find(db, run_id, || format!("Run '{run_id}' not found")).await?.into();
-    Ok(RetryResponse {
+    let response = RetryResponse {
         new_run_id: run.run_id.clone(),
         original_run_id: run.run_id.clone(),
         message: format!("Run '{run_id}' resumes from its recorded steps"),
         timestamp: iso(&now()),
         run,
-    })
+    };
+    Ok((response, request))
 }
 
 /// `POST /runs/{id}/cancel`: a PENDING or RUNNING run ends CANCELLED, once. The cancellation is
@@ -474,9 +502,11 @@ pub async fn cancel(
     let changes = json!({"reason": reason, "previous_status": run.status.as_str()});
     audit::record(&txn, EntityType::Run, run_entity_id(run_id), "cancel", Some(changes)).await?;
     txn.commit().await?;
-    let payload = serde_json::to_vec(&crate::wire::CancellationMessage::from(cancellation)).expect("serialises");
-    if let Err(error) = producer.publisher.send(&producer.config.kafka.cancellations_topic, run_id, &payload).await {
-        tracing::warn!(%run_id, %error, "cancellation not published; the executor sees it at its next lease renewal");
+    if let Some(publisher) = producer.publisher {
+        let payload = serde_json::to_vec(&crate::wire::CancellationMessage::from(cancellation)).expect("serialises");
+        if let Err(error) = publisher.send(&producer.config.kafka.cancellations_topic, run_id, &payload).await {
+            tracing::warn!(%run_id, %error, "cancellation not published; the executor sees it at its next lease renewal");
+        }
     }
     Ok(find(db, run_id, || format!("Run '{run_id}' not found")).await?.into())
 }
