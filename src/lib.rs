@@ -53,7 +53,7 @@
 //! - [`wire`]: the messages on the topics, shared by the API, Kafka and the actors, and
 //!   depending on none of them;
 //! - [`api`]: the HTTP routes, one file per resource, thin over [`service`];
-//! - [`service`]: queries and commands on workflows, agents and runs (the API's, and the CLI's to be),
+//! - [`service`]: queries and commands on workflows, agents and runs (shared by the API and the CLI),
 //!   the outbox, audit rows, validation of request fields;
 //! - [`modes`]: the composition root: `consume`, `api`, `dev` assembled from the parts above;
 //! - [`cli`]: the command line: arguments, output (text or JSON), exit codes, one-shot commands;

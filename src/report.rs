@@ -21,7 +21,18 @@ pub fn run_report(run: &workflow_run::Model, steps: &[step_execution::Model], da
         let _ = writeln!(out, "output: {}", serde_json::to_string_pretty(output).unwrap_or_default());
     }
     if let Some(error) = &run.error_message {
-        let _ = writeln!(out, "error: {error}");
+        // An invalid plan's problems, one per line.
+        match error.strip_prefix("Invalid workflow plan: ") {
+            Some(problems) => {
+                let _ = writeln!(out, "error: Invalid workflow plan:");
+                for problem in problems.split("; ") {
+                    let _ = writeln!(out, "  {problem}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "error: {error}");
+            }
+        }
     }
     let mut rows: Vec<[String; 7]> = vec![[
         "step".into(),

@@ -19,7 +19,7 @@ pub mod validate;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
 use exit::{CliError, EXIT_CODES, Exit};
@@ -120,7 +120,8 @@ enum Command {
 
 /// Parses the arguments, runs the command, and says how it ended.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let parsed = command().try_get_matches().and_then(|matches| Cli::from_arg_matches(&matches));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(error) => {
             let _ = error.print();
@@ -138,6 +139,20 @@ pub fn main() -> ExitCode {
         Ok(exit) => exit.into(),
         Err(error) => fail(error),
     }
+}
+
+/// The command line, with the environment and the exit codes at the end of every command's
+/// `--help` (so `runvisor run --help` alone teaches what a script needs).
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    let names: Vec<String> = command.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        command = command.mut_subcommand(name, |sub| {
+            let own = sub.get_after_long_help().map(ToString::to_string).unwrap_or_default();
+            sub.after_long_help(format!("{own}\n\n{ENVIRONMENT}\n\n{EXIT_CODES}"))
+        });
+    }
+    command
 }
 
 fn fail(error: CliError) -> ExitCode {

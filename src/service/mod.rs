@@ -3,8 +3,8 @@
 //! Each resource has a module of *queries* (reads with filters and paging) and *commands*
 //! (writes, each one transaction, with its audit row). They speak in request and response types of
 //! their own and fail with [`ServiceError`]; the API turns those into the platform's HTTP shapes
-//! (`crate::api`). Nothing here knows about HTTP, so the command line's run management (`runs`,
-//! `show`, `cancel`, `retry`) is to call the same functions.
+//! (`crate::api`), the command line (`crate::cli`: `runs`, `show`, `cancel`, `retry`) into text or
+//! JSON. Nothing here knows about HTTP.
 //!
 //! Who writes what: these functions write definitions, agents, audit rows, the outbox, and the few
 //! run transitions that belong to a *producer* — a new PENDING run, FAILED/CANCELLED → PENDING on
