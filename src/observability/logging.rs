@@ -47,7 +47,7 @@ fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
     let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
     let thread = std::thread::current();
     match thread.name() {
-        Some("main") => tracing::error!(%message, %location, "runvisor panicked"),
-        _ => tracing::warn!(%message, %location, "a task panicked; its supervisor handles it"),
+        Some("main") => tracing::error!(panic = %message, %location, "runvisor panicked"),
+        _ => tracing::warn!(panic = %message, %location, "a task panicked; its supervisor handles it"),
     }
 }
