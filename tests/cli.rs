@@ -134,6 +134,17 @@ fn ctrl_c_cancels_the_run_prints_it_and_exits_130() {
     assert_eq!(shown["run"]["status"], "CANCELLED");
     assert_eq!(shown["run"]["error_message"], "Cancelled: interrupted");
     assert_eq!(shown["steps"][0]["attempt_status"], "CANCELLED", "nothing is left RUNNING: {shown}");
+
+    // SIGTERM does the same, with 143.
+    let (mut child, run_id) = start_run(dir.path(), &plan);
+    wait_for(dir.path(), &run_id, |doc| doc["steps"].as_array().is_some_and(|s| !s.is_empty()));
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let shown = json(&runvisor(dir.path(), &["show", &run_id, "-o", "json"]));
+    assert_eq!(
+        (shown["run"]["status"].as_str(), shown["steps"][0]["attempt_status"].as_str()),
+        (Some("CANCELLED"), Some("CANCELLED"))
+    );
 }
 
 #[test]

@@ -133,55 +133,20 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
-        if !manager.has_column("workflow_runs", "retry_count").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WorkflowRuns::Table)
-                        .add_column(integer(WorkflowRuns::RetryCount).default(0))
-                        .to_owned(),
-                )
-                .await?;
-        }
-        if !manager.has_column("workflow_definitions", "superseded_by").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WorkflowDefinitions::Table)
-                        .add_column(uuid_null(WorkflowDefinitions::SupersededBy))
-                        .to_owned(),
-                )
-                .await?;
-        }
-        if !manager.has_column("step_executions", "retry_round").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(StepExecutions::Table)
-                        .add_column(integer(StepExecutions::RetryRound).default(0))
-                        .to_owned(),
-                )
-                .await?;
-        }
-        if !manager.has_column("workflow_runs", "workflow_plan").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WorkflowRuns::Table)
-                        .add_column(json_binary_null(WorkflowRuns::WorkflowPlan))
-                        .to_owned(),
-                )
-                .await?;
-        }
-        if !manager.has_column("workflow_runs", "retried_at").await? {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(WorkflowRuns::Table)
-                        .add_column(timestamp_null(WorkflowRuns::RetriedAt))
-                        .to_owned(),
-                )
-                .await?;
+        // Checked one by one: a database where some already exist (a partial earlier run on SQLite,
+        // which has no transactional DDL here) still upgrades.
+        let columns = [
+            (WorkflowRuns::Table.into_iden(), integer(WorkflowRuns::RetryCount).default(0).to_owned()),
+            (WorkflowRuns::Table.into_iden(), timestamp_null(WorkflowRuns::RetriedAt)),
+            (WorkflowRuns::Table.into_iden(), json_binary_null(WorkflowRuns::WorkflowPlan)),
+            (WorkflowDefinitions::Table.into_iden(), uuid_null(WorkflowDefinitions::SupersededBy)),
+            (StepExecutions::Table.into_iden(), integer(StepExecutions::RetryRound).default(0).to_owned()),
+        ];
+        for (table, mut column) in columns {
+            let name = column.get_column_name();
+            if !manager.has_column(&table.to_string(), &name).await? {
+                manager.alter_table(Table::alter().table(table).add_column(&mut column).to_owned()).await?;
+            }
         }
         Ok(())
     }
