@@ -123,7 +123,7 @@ fn build(name: &str, agent: &AgentConfig, config: &Config, client: &reqwest::Cli
 }
 
 /// Reads a row of the `agents` table as if it were a config entry.
-fn agent_from_row(row: &entity::agent::Model) -> Result<AgentConfig, String> {
+pub(crate) fn agent_from_row(row: &entity::agent::Model) -> Result<AgentConfig, String> {
     if !(row.url.starts_with("http://") || row.url.starts_with("https://")) {
         return Err(format!("url {:?} is not an http(s) URL", row.url));
     }

@@ -83,32 +83,13 @@ fn mask(mut config: Value) -> Value {
 /// A stored `retry_config`, with the contract's defaults for what it lacks (the platform stores
 /// partial objects after a partial update).
 fn retry_policy(stored: Option<&Value>) -> RetryPolicy {
-    let mut policy = RetryPolicy::default();
-    if let Some(Value::Object(fields)) = stored {
-        let int = |key: &str| fields.get(key).and_then(Value::as_u64);
-        if let Some(v) = int("max_retries") {
-            policy.max_retries = v as u32;
-        }
-        if let Some(v) = int("initial_delay_ms") {
-            policy.initial_delay_ms = v;
-        }
-        if let Some(v) = int("max_delay_ms") {
-            policy.max_delay_ms = v;
-        }
-        if let Some(v) = fields.get("backoff_multiplier").and_then(Value::as_f64) {
-            policy.backoff_multiplier = v;
-        }
-    }
-    policy
+    // The executor's own reading of the column (absent fields take the contract's defaults); a
+    // row it could not read shows the defaults.
+    stored.and_then(|value| serde_json::from_value(value.clone()).ok()).unwrap_or_default()
 }
 
 fn retry_json(policy: &RetryPolicy) -> Value {
-    json!({
-        "max_retries": policy.max_retries,
-        "initial_delay_ms": policy.initial_delay_ms,
-        "max_delay_ms": policy.max_delay_ms,
-        "backoff_multiplier": policy.backoff_multiplier,
-    })
+    serde_json::to_value(policy).expect("a retry policy serialises")
 }
 
 /// Filters of the agent list.
@@ -409,15 +390,13 @@ pub async fn health(db: &DatabaseConnection, client: &reqwest::Client, id: Uuid)
     let url = format!("{}/.well-known/agent-card.json", row.url.trim_end_matches('/'));
     let timeout = Duration::from_millis(row.timeout_ms.max(1) as u64);
     let mut request = client.get(&url).timeout(timeout).header("Content-Type", "application/json");
-    let auth_type = match row.auth_type.as_deref() {
-        Some("bearer") => crate::config::AuthType::Bearer,
-        Some("apikey") => crate::config::AuthType::Apikey,
-        _ => crate::config::AuthType::None,
-    };
-    let empty = Map::new();
-    let auth_config = row.auth_config.as_ref().and_then(Value::as_object).unwrap_or(&empty);
-    if let Some((name, value)) = crate::agents::http::auth_header(auth_type, auth_config) {
-        request = request.header(name, value);
+    // The credentials the executor would send, read from the row the way its registry reads it.
+    if let Ok(agent) = crate::agents::registry::agent_from_row(&row) {
+        let config: Map<String, Value> =
+            agent.auth_config.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        if let Some((name, value)) = crate::agents::http::auth_header(agent.auth_type, &config) {
+            request = request.header(name, value);
+        }
     }
     let started = Instant::now();
     let result = request.send().await;
