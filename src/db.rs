@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
@@ -34,7 +35,27 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
                 .busy_timeout(Duration::from_secs(5))
                 .foreign_keys(true)
         });
-    Database::connect(options).await.map_err(|source| DbError::Connect { url: redact(&config.url), source })
+    // Two processes opening a fresh SQLite file at once (`runvisor consume` and `runvisor submit`
+    // started together): switching it to WAL needs a lock that SQLite reports as BUSY at once,
+    // without waiting the busy timeout. It passes as soon as the other process is done.
+    let busy_delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(500))
+        .with_max_times(20)
+        .with_jitter();
+    (|| Database::connect(options.clone()))
+        .retry(busy_delays)
+        .when(sqlite_busy)
+        .await
+        .map_err(|source| DbError::Connect { url: redact(&config.url), source })
+}
+
+/// SQLite's BUSY (5) or LOCKED (6).
+fn sqlite_busy(error: &DbErr) -> bool {
+    let (DbErr::Conn(RuntimeErr::SqlxError(e)) | DbErr::Exec(RuntimeErr::SqlxError(e))) = error else {
+        return false;
+    };
+    matches!(e.as_ref(), sea_orm::sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("5" | "6")))
 }
 
 /// Creates or upgrades the schema; a no-op when it is current. Says what it applies, and nothing
