@@ -141,6 +141,11 @@ pub enum WriteOp {
         message: String,
         at: NaiveDateTime,
     },
+    /// Claims a run nobody has claimed: inserts it RUNNING, or takes it if it is PENDING and was
+    /// never claimed nor retried. Acknowledged with 1 if it did, 0 if the run exists otherwise
+    /// (then the full claim, [`ReadRequest::Claim`], decides). Most runs are claimed this way, in
+    /// the same transaction as other runs' writes instead of a transaction of their own.
+    ClaimNew(Box<Claim>),
     /// Writes nothing; acknowledged once everything before it is committed.
     Barrier,
 }
@@ -196,8 +201,21 @@ pub enum PersistMsg {
     Read(ReadRequest),
 }
 
-/// Told once a write is committed (or rejected).
-type Ack = oneshot::Sender<Result<(), PersistError>>;
+/// Told once a write is committed (with the rows it changed), or rejected.
+type Ack = oneshot::Sender<Result<u64, PersistError>>;
+
+/// A write queued without waiting: it is settled (committed or rejected) by the time any write
+/// queued after it is acknowledged, since the journal commits in order.
+pub type Deferred = oneshot::Receiver<Result<u64, PersistError>>;
+
+/// The outcome of a deferred write, if it is settled.
+pub fn settled(deferred: &mut Deferred) -> Option<Result<(), PersistError>> {
+    match deferred.try_recv() {
+        Ok(result) => Some(result.map(|_| ())),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+        Err(oneshot::error::TryRecvError::Closed) => Some(Err(PersistError::Unavailable)),
+    }
+}
 
 struct Pending {
     op: Arc<WriteOp>,
@@ -274,16 +292,16 @@ impl Journal {
         }
     }
 
-    /// Hands every queued write to `commit` and acknowledges it: the in-memory store of unit tests.
-    #[cfg(test)]
-    pub(crate) fn commit_all_for_test(&self, mut commit: impl FnMut(&WriteOp)) {
+    /// Hands every queued write to `commit` and acknowledges it: for a store that keeps nothing
+    /// durable ([`super::memory::MemoryStore`]).
+    pub(crate) fn commit_all_with(&self, mut commit: impl FnMut(&WriteOp)) {
         self.wake_sent.store(false, Ordering::Release);
         let count = {
             let queue = self.lock();
             queue.iter().for_each(|p| commit(&p.op));
             queue.len()
         };
-        acknowledge(self, count, Ok(()));
+        acknowledge(self, count, Ok(&vec![1; count]));
     }
 }
 
@@ -336,16 +354,20 @@ impl PersistenceHandle {
 
     /// Queues a write and waits until it is committed.
     pub async fn write(&self, op: WriteOp) -> Result<(), PersistError> {
-        let (tx, rx) = oneshot::channel();
-        self.enqueue(op, None, Some(tx));
-        rx.await.unwrap_or(Err(PersistError::Unavailable))
+        self.write_deferred(op, None).await.unwrap_or(Err(PersistError::Unavailable)).map(|_| ())
     }
 
     /// Queues a write, waits until it is committed, and has `event` reported right after.
     pub async fn write_and_report(&self, op: WriteOp, event: Event) -> Result<(), PersistError> {
+        self.write_deferred(op, Some(event)).await.unwrap_or(Err(PersistError::Unavailable)).map(|_| ())
+    }
+
+    /// Queues a write without waiting; its outcome can be read later (see [`settled`]), and
+    /// `event`, if any, is reported once it commits.
+    pub fn write_deferred(&self, op: WriteOp, event: Option<Event>) -> Deferred {
         let (tx, rx) = oneshot::channel();
-        self.enqueue(op, Some(event), Some(tx));
-        rx.await.unwrap_or(Err(PersistError::Unavailable))
+        self.enqueue(op, event, Some(tx));
+        rx
     }
 
     /// Queues a write without waiting for it; `event`, if any, is reported once it commits.
@@ -397,7 +419,19 @@ impl PersistenceHandle {
         self.read(|port| ReadRequest::Run(run_id.to_string(), port)).await
     }
 
+    /// Claims a run: in one batched insert when it is new (the common case), else in a
+    /// transaction of its own that reads the run and its history.
     pub async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, PersistError> {
+        let fresh = self.write_deferred(WriteOp::ClaimNew(Box::new(claim.clone())), None);
+        if fresh.await.unwrap_or(Err(PersistError::Unavailable))? == 1 {
+            // A run nobody claimed before has no attempts (they reference the run's row).
+            return Ok(ClaimOutcome::Claimed {
+                history: Vec::new(),
+                taken_over: false,
+                retry_round: 0,
+                retried_at: None,
+            });
+        }
         self.read(|port| ReadRequest::Claim(Box::new(claim.clone()), port)).await
     }
 
@@ -528,14 +562,14 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
 
     let started = Instant::now();
     match commit(&state.args.db, &batch).await {
-        Ok(()) => {
+        Ok(changed) => {
             metrics::histogram!(names::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
             metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
             state.backoff = None;
             state.isolating = false;
             journal.transactions.fetch_add(1, Ordering::Relaxed);
             journal.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            acknowledge(&journal, batch.len(), Ok(()));
+            acknowledge(&journal, batch.len(), Ok(&changed));
         }
         Err(error) if is_transient(&error) => {
             journal.transient_failures.fetch_add(1, Ordering::Relaxed);
@@ -562,15 +596,15 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
 }
 
 /// Removes the first `count` writes, reporting their events if they committed and answering
-/// their writers.
-fn acknowledge(journal: &Journal, count: usize, result: Result<(), PersistError>) {
+/// their writers (`changed`: the rows each write changed).
+fn acknowledge(journal: &Journal, count: usize, changed: Result<&[u64], PersistError>) {
     let done: Vec<Pending> = journal.lock().drain(..count).collect();
-    for pending in done {
-        if let (Some(event), Ok(())) = (pending.event, &result) {
+    for (index, pending) in done.into_iter().enumerate() {
+        if let (Some(event), Ok(_)) = (pending.event, &changed) {
             journal.events.emit(event);
         }
         if let Some(ack) = pending.ack {
-            let _ = ack.send(result.clone());
+            let _ = ack.send(changed.clone().map(|rows| rows.get(index).copied().unwrap_or(0)));
         }
     }
 }
@@ -594,15 +628,18 @@ fn retry_delays() -> ExponentialBackoff {
         .build()
 }
 
-async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<(), DbErr> {
+/// Commits `batch` in one transaction; answers the rows each write changed.
+async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<u64>, DbErr> {
     if batch.iter().all(|op| matches!(**op, WriteOp::Barrier)) {
-        return Ok(());
+        return Ok(vec![0; batch.len()]);
     }
     let txn = db.begin().await?;
+    let mut changed = Vec::with_capacity(batch.len());
     for op in batch {
-        apply(&txn, op).await?;
+        changed.push(apply(&txn, op).await?);
     }
-    txn.commit().await
+    txn.commit().await?;
+    Ok(changed)
 }
 
 const TERMINAL_RUN: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
@@ -632,8 +669,8 @@ fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
     }
 }
 
-async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
-    match op {
+async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
+    Ok(match op {
         WriteOp::Run(run) => {
             let terminal = run.status.is_terminal();
             let cancelled = run.status == RunStatus::Cancelled;
@@ -664,7 +701,25 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                     C::LeaseExpiresAt,
                 ])
                 .action_and_where(guard);
-            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?;
+            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
+        }
+        WriteOp::ClaimNew(claim) => {
+            use workflow_run::Column as C;
+            let mut row = run_row(&claim.run);
+            let until = claim.run.at + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
+            row.status = Set(RunStatus::Running);
+            row.owner_id = Set(Some(claim.owner.clone()));
+            row.lease_expires_at = Set(Some(until));
+            let run = |column| Expr::col((workflow_run::Entity, column));
+            let never_claimed = run(C::Status)
+                .eq(RunStatus::Pending.as_str())
+                .and(run(C::OwnerId).is_null())
+                .and(run(C::RetryCount).eq(0));
+            let mut on_conflict = OnConflict::column(C::RunId);
+            on_conflict
+                .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
+                .action_and_where(never_claimed);
+            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
         }
         WriteOp::AttemptStarted(attempt) => {
             let row = step_execution::ActiveModel {
@@ -689,7 +744,7 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
             step_execution::Entity::insert(row)
                 .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
                 .exec_without_returning(db)
-                .await?;
+                .await?
         }
         WriteOp::AttemptEnded(end) => {
             use step_execution::Column as C;
@@ -701,7 +756,8 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                 .filter(C::Id.eq(end.id.as_str()))
                 .filter(C::Status.eq(StepStatus::Running))
                 .exec(db)
-                .await?;
+                .await?
+                .rows_affected
         }
         WriteOp::AbandonAttempts { run_id, status, message, at } => {
             use step_execution::Column as C;
@@ -712,11 +768,11 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<(), DbErr> {
                 .filter(C::RunId.eq(run_id.as_str()))
                 .filter(C::Status.eq(StepStatus::Running))
                 .exec(db)
-                .await?;
+                .await?
+                .rows_affected
         }
-        WriteOp::Barrier => {}
-    }
-    Ok(())
+        WriteOp::Barrier => 0,
+    })
 }
 
 async fn answer(db: &DatabaseConnection, request: ReadRequest) {

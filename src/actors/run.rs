@@ -31,7 +31,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::events::Event;
-use super::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, PersistenceHandle, RunWrite, WriteOp};
+use super::persistence::{
+    AttemptEnd, AttemptStart, Claim, ClaimOutcome, Deferred, PersistError, PersistenceHandle, RunWrite, WriteOp,
+    settled,
+};
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, LiveRegistry, StepFailure};
 use crate::observability::metrics as names;
@@ -286,6 +289,13 @@ pub struct RunState {
     /// Attempt rows an earlier owner of this run recorded, by id: completed calls are not made
     /// again, calls it left RUNNING are ended and retried.
     history: HashMap<String, entity::step_execution::Model>,
+    /// Ends of attempts queued without waiting. Why not wait: the next thing this run does that
+    /// anyone outside can see (the next attempt's RUNNING row, before its call; the run's terminal
+    /// row) is a write queued after them, and the journal commits in order, so each step costs one
+    /// commit instead of two while a call whose completion was committed is still never repeated.
+    /// Each is checked once a later write is acknowledged: a rejected end fails the run as an
+    /// awaited one would.
+    unconfirmed: Vec<Deferred>,
     /// This run was taken over from an executor that lost it.
     taken_over: bool,
     /// The agents this run calls: the registry as it was when the run started.
@@ -330,6 +340,7 @@ impl Actor for RunActor {
             meta,
             plan: None,
             history: HashMap::new(),
+            unconfirmed: Vec::new(),
             taken_over: false,
             registry,
             retry_round: 0,
@@ -962,6 +973,7 @@ impl RunState {
             self.queue.push_back(Action::Finish(id, Err(message)));
             return Ok(());
         }
+        self.check_unconfirmed()?;
 
         let idempotency_key = match ctx.loop_index {
             Some(index) => format!("{}/{step_id}/{index}", self.run_id),
@@ -1021,7 +1033,8 @@ impl RunState {
             _ => None,
         };
         let event = self.attempt_event(id, status, error);
-        self.deps.persistence.write_and_report(WriteOp::AttemptEnded(Box::new(end)), event).await?;
+        let deferred = self.deps.persistence.write_deferred(WriteOp::AttemptEnded(Box::new(end)), Some(event));
+        self.unconfirmed.push(deferred);
         match (result, retry_in) {
             (Ok(output), _) => self.queue.push_back(Action::Finish(id, Ok(output))),
             (Err(_), Some(delay)) => {
@@ -1202,6 +1215,20 @@ impl RunState {
         Ok(())
     }
 
+    /// Fails if an attempt's end queued without waiting was rejected. Called after a later write
+    /// was acknowledged, when every earlier one is settled.
+    fn check_unconfirmed(&mut self) -> Result<(), PersistError> {
+        let mut outcome = Ok(());
+        self.unconfirmed.retain_mut(|deferred| match settled(deferred) {
+            None => true,
+            Some(result) => {
+                outcome = outcome.clone().and(result);
+                false
+            }
+        });
+        outcome
+    }
+
     /// Commits the run's terminal row and stops the actor.
     async fn conclude(
         &mut self,
@@ -1235,6 +1262,7 @@ impl RunState {
         metrics::histogram!(names::RUN_DURATION, "status" => status.as_str())
             .record(self.started.elapsed().as_secs_f64());
         self.deps.persistence.write_and_report(terminal, self.run_event(status, error.clone())).await?;
+        self.check_unconfirmed()?;
         let _ = self.finished.set(RunOutcome {
             run_id: self.run_id.clone(),
             status,
