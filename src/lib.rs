@@ -30,7 +30,8 @@
 //! The path of a request through an executor: a poll loop hands bytes on
 //! `workflow.execution.requests` to the ingress actor ([`kafka::ingress`]) → [`wire`] decodes them
 //! (undecodable ones go to the dead-letter topic) → the run supervisor starts a RunActor, which
-//! claims the run in the database (a terminal run is left alone, a live one elsewhere is waited
+//! claims the run in the database (a new run by one insert batched with other writes; a terminal
+//! run is left alone, a live one elsewhere is waited
 //! for, a dead executor's is resumed) → the plan is checked by [`plan::validate()`] → the RunActor
 //! resolves each step's input ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and
 //! spawns StepActors for agent calls → every transition is written by the persistence actor into
@@ -57,6 +58,8 @@
 //!   the outbox, audit rows, validation of request fields;
 //! - [`modes`]: the composition root: `consume`, `api`, `dev` assembled from the parts above;
 //! - [`cli`]: the command line: arguments, output (text or JSON), exit codes, one-shot commands;
+//! - [`bench`]: `runvisor bench`, which starts a broker, a database and an executor process and
+//!   measures them (BENCHMARKS.md);
 //! - [`observability`]: logging setup and the catalogue of Prometheus metrics;
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
@@ -66,6 +69,7 @@
 pub mod actors;
 pub mod agents;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

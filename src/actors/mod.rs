@@ -4,9 +4,11 @@
 //! - [`run`]: the RunActor, which walks one plan;
 //! - [`step`]: the StepActor, one agent call attempt;
 //! - [`persistence`]: the only writer of the database, batching writes into transactions;
+//! - [`memory`]: a persistence actor that keeps nothing (unit tests, the engine benchmark);
 //! - [`events`]: what runs report as they progress (the source of monitoring updates).
 
 pub mod events;
+pub mod memory;
 pub mod persistence;
 pub mod run;
 pub mod step;

@@ -1,84 +1,22 @@
-//! Test doubles for the actors' unit tests: a persistence actor that commits to memory and
-//! records every write, and a harness that runs one plan through a real RunActor against it.
+//! The actors' unit-test harness: one plan through a real RunActor against
+//! [`MemoryStore`], which records every write.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use entity::{RunStatus, StepStatus};
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorRef};
 use serde_json::{Map, Value};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::events::{ChannelSink, Event};
-use super::persistence::{
-    AttemptEnd, AttemptStart, ClaimOutcome, Journal, PersistMsg, PersistenceHandle, ReadRequest, WriteOp,
-};
+use super::memory::MemoryStore;
+use super::persistence::{AttemptEnd, AttemptStart, Journal, PersistenceHandle, WriteOp};
 use super::run::{RunDeps, RunOutcome, RunRequest, Spawned};
 use super::supervisor::{RunSupervisor, SupervisorMsg};
 use crate::agents::AgentRegistry;
 use crate::config::{Config, RetryPolicy};
 use crate::wire::PlanSource;
-
-/// A persistence actor that "commits" each write by appending it to a shared log.
-#[derive(Debug)]
-pub struct MemoryStore;
-
-impl Actor for MemoryStore {
-    type Msg = PersistMsg;
-    type State = (Arc<Journal>, Arc<Mutex<Vec<WriteOp>>>);
-    type Arguments = (Arc<Journal>, Arc<Mutex<Vec<WriteOp>>>);
-
-    async fn pre_start(
-        &self,
-        _: ActorRef<PersistMsg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle(
-        &self,
-        _: ActorRef<PersistMsg>,
-        message: PersistMsg,
-        (journal, log): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        match message {
-            PersistMsg::Wake | PersistMsg::RetryAfterError => {
-                journal.commit_all_for_test(|op| log.lock().unwrap().push(op.clone()));
-            }
-            PersistMsg::Read(ReadRequest::Agents(port)) => {
-                let _ = port.send(Ok(Vec::new()));
-            }
-            PersistMsg::Read(ReadRequest::Definition(_, port)) => {
-                let _ = port.send(Ok(None));
-            }
-            PersistMsg::Read(ReadRequest::Run(_, port)) => {
-                let _ = port.send(Ok(None));
-            }
-            // Every run is new to the in-memory store, and no lease is ever lost.
-            PersistMsg::Read(ReadRequest::Claim(_, port)) => {
-                let _ = port.send(Ok(ClaimOutcome::Claimed {
-                    history: Vec::new(),
-                    taken_over: false,
-                    retry_round: 0,
-                    retried_at: None,
-                }));
-            }
-            PersistMsg::Read(ReadRequest::Renew { reply, .. }) => {
-                let _ = reply.send(Ok(Vec::new()));
-            }
-            PersistMsg::Read(ReadRequest::Release { reply, .. }) => {
-                let _ = reply.send(Ok(0));
-            }
-            // A member alone in its groups holds what it says.
-            PersistMsg::Read(ReadRequest::Membership { held, reply, .. }) => {
-                let _ =
-                    reply.send(Ok(held.into_iter().map(|(_, partitions)| partitions.into_iter().collect()).collect()));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// One attempt row, as the writes left it.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +98,7 @@ impl Harness {
         let (events_tx, events) = mpsc::unbounded_channel();
         let journal = Arc::new(Journal::new(Arc::new(ChannelSink(events_tx))));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (store, _) = Actor::spawn(None, MemoryStore, (Arc::clone(&journal), Arc::clone(&log))).await.unwrap();
+        let (store, _) = Actor::spawn(None, MemoryStore, (Arc::clone(&journal), Some(Arc::clone(&log)))).await.unwrap();
         let persistence = PersistenceHandle::new(journal);
         persistence.set_actor(Some(store));
         let (tap, spawned) = mpsc::unbounded_channel();

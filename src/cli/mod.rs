@@ -89,6 +89,10 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Measure throughput, latency, CPU per component and memory on this machine (starts tansu and
+    /// a fresh PostgreSQL database; see BENCHMARKS.md).
+    #[command(after_long_help = crate::bench::HELP)]
+    Bench(crate::bench::Args),
     /// Publish an execution request to the broker; print its run_id, or follow it with --wait.
     #[command(after_long_help = local::SUBMIT_HELP)]
     Submit(local::SubmitArgs),
@@ -187,6 +191,9 @@ fn run(command: Command, config: &Config, out: Out) -> Result<Exit, CliError> {
         Command::Consume => long_running(crate::modes::consume(config, crate::modes::termination())),
         Command::Api => long_running(crate::modes::serve_api(config, crate::modes::termination())),
         Command::Dev => long_running(crate::modes::dev(config, crate::modes::termination())),
+        Command::Bench(args) => {
+            runtime()?.block_on(crate::bench::bench(out, args)).map(|()| Exit::Ok).map_err(CliError::Other)
+        }
         Command::Healthcheck { url } => {
             let url =
                 url.unwrap_or_else(|| format!("http://{}/health", config.api.listen.replace("0.0.0.0", "127.0.0.1")));

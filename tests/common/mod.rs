@@ -186,7 +186,7 @@ pub struct Tansu {
     process: Option<std::process::Child>,
 }
 
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("RUNVISOR_TEST_TANSU") {
         return PathBuf::from(path);
     }

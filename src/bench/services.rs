@@ -1,0 +1,249 @@
+//! What a benchmark runs against: a tansu broker it starts, a fresh PostgreSQL database it creates
+//! (and drops), and `runvisor consume` processes, each a real executor as deployed.
+//!
+//! The broker and the database may instead be given (`--brokers`, `--database-url`): then nothing
+//! is started or dropped, and the figures are those of the given services.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+
+/// A port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_for_port(port: u16, what: &str, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited before it listened ({status})");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// The tansu binary: `RUNVISOR_TEST_TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
+fn tansu_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("RUNVISOR_TEST_TANSU") {
+        return PathBuf::from(path);
+    }
+    std::env::var("HOME")
+        .map(|home| PathBuf::from(home).join(".cargo/bin/tansu"))
+        .ok()
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("tansu"))
+}
+
+/// A tansu broker on a free port, storing into SQLite in a directory of its own.
+#[derive(Debug)]
+pub struct Tansu {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Tansu {
+    pub async fn start() -> anyhow::Result<Tansu> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("runvisor-bench-tansu-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.join("tansu.log"))?;
+        let mut child = Command::new(tansu_binary())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context(
+                "cannot start tansu; install it with `cargo install tansu --version 0.6.0 --locked \
+                 --no-default-features --features libsql`, or give --brokers",
+            )?;
+        wait_for_port(port, "tansu", &mut child).await?;
+        Ok(Tansu { port, dir, child })
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A database of the benchmark's own on a PostgreSQL server, created empty and dropped at the end.
+#[derive(Debug)]
+pub struct BenchDatabase {
+    pub url: String,
+    admin: DatabaseConnection,
+    /// Set when this benchmark created the database (and so drops it).
+    created: Option<String>,
+    /// The server's postmaster, whose process tree is PostgreSQL's CPU.
+    pub postmaster: Option<u32>,
+}
+
+impl BenchDatabase {
+    /// Creates `runvisor_bench_<pid>` on the server `admin_url` reaches.
+    pub async fn create(admin_url: &str) -> anyhow::Result<BenchDatabase> {
+        let admin = Database::connect(admin_url)
+            .await
+            .with_context(|| format!("cannot reach PostgreSQL at {admin_url} (give --postgres-admin-url)"))?;
+        let name = format!("runvisor_bench_{}", std::process::id());
+        admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}")).await?;
+        admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
+        let url = match admin_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => bail!("--postgres-admin-url must end in /<database>: {admin_url}"),
+        };
+        let postmaster = postmaster_pid(&admin).await;
+        Ok(BenchDatabase { url, admin, created: Some(name), postmaster })
+    }
+
+    /// A database someone else runs: used as it is, never dropped.
+    pub async fn given(url: &str) -> anyhow::Result<BenchDatabase> {
+        let admin = Database::connect(url).await.with_context(|| format!("cannot reach {url}"))?;
+        let postmaster = postmaster_pid(&admin).await;
+        Ok(BenchDatabase { url: url.to_string(), admin, created: None, postmaster })
+    }
+
+    /// PostgreSQL's processes that work for this benchmark: the postmaster's tree without the
+    /// backends serving other databases.
+    pub async fn pids(&self) -> Vec<u32> {
+        let Some(postmaster) = self.postmaster else { return Vec::new() };
+        let name = self.created.clone().unwrap_or_else(|| self.url.rsplit('/').next().unwrap_or_default().into());
+        let others = sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' \
+                 AND datname IS DISTINCT FROM '{name}' AND pid <> pg_backend_pid()"
+            ),
+        );
+        let excluded: Vec<u32> = match self.admin.query_all_raw(others).await {
+            Ok(rows) => rows.iter().filter_map(|r| r.try_get::<i32>("", "pid").ok()).map(|p| p as u32).collect(),
+            Err(_) => Vec::new(),
+        };
+        super::procstat::tree(postmaster, &excluded)
+    }
+
+    /// Migrates the database and adds the trigger that tells the client when runs end.
+    pub async fn prepare(&self) -> anyhow::Result<()> {
+        let config =
+            crate::config::DatabaseConfig { url: self.url.clone(), ..crate::config::Config::defaults().database };
+        let db = crate::db::connect(&config).await?;
+        crate::db::migrate(&db).await?;
+        super::workload::install_end_trigger(&db).await?;
+        db.close().await?;
+        Ok(())
+    }
+
+    /// Claim → terminal commit of the runs whose ids are `LIKE pattern`, as the executor's own
+    /// timestamps say: the executor's share of each run's latency.
+    pub async fn run_durations(&self, pattern: &str) -> anyhow::Result<Vec<Duration>> {
+        let db = Database::connect(&self.url).await?;
+        let statement = sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT EXTRACT(EPOCH FROM completed_at - created_at)::float8 AS s FROM workflow_runs WHERE run_id LIKE $1",
+            [pattern.into()],
+        );
+        let rows = db.query_all_raw(statement).await?;
+        db.close().await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<f64>("", "s").ok())
+            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+            .collect())
+    }
+
+    pub async fn drop_database(self) {
+        match &self.created {
+            Some(name) => {
+                let _ = self.admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            }
+            None => super::workload::remove_end_trigger(&self.admin).await,
+        }
+    }
+}
+
+/// The postmaster is the parent of every backend; a local server's only (else no CPU figure).
+async fn postmaster_pid(db: &DatabaseConnection) -> Option<u32> {
+    let statement =
+        sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, "SELECT pg_backend_pid() AS pid".to_string());
+    let row = db.query_one_raw(statement).await.ok()??;
+    let backend = row.try_get::<i32>("", "pid").ok()? as u32;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `runvisor consume` process: an executor exactly as deployed, configured by environment.
+#[derive(Debug)]
+pub struct ExecutorProcess {
+    child: Child,
+}
+
+impl ExecutorProcess {
+    pub fn start(
+        binary: &Path,
+        config: Option<&Path>,
+        env: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<ExecutorProcess> {
+        let log = std::fs::File::create(log)?;
+        let mut command = Command::new(binary);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
+            .arg("consume")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {} consume", binary.display()))?;
+        Ok(ExecutorProcess { child })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the executor has exited (a crashed executor would otherwise look like a slow one).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("the executor exited ({status}); see its log");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for the exit (offsets committed, leases released).
+    pub fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ExecutorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
