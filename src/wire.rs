@@ -37,7 +37,8 @@ pub enum DecodeError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanSource {
     /// `workflow_plan`, as given (validated later, so that a bad plan fails its run with reasons).
-    Inline(Value),
+    /// Shared, not copied, by everything that holds the request while the run lasts.
+    Inline(std::sync::Arc<Value>),
     /// `workflow_definition_id`: a row of `workflow_definitions`.
     Definition(Uuid),
     /// The request names a run but cannot be executed; the run ends FAILED with this reason.
@@ -143,7 +144,7 @@ pub fn decode_request(bytes: &[u8], max_bytes: usize) -> Result<Request, DecodeE
         Some(other) => return rejected(format!("workflow_definition_id must be a string, found {}", type_name(other))),
     };
     let plan = match (fields.remove("workflow_plan"), definition_id) {
-        (Some(plan), _) if !plan.is_null() => PlanSource::Inline(plan),
+        (Some(plan), _) if !plan.is_null() => PlanSource::Inline(plan.into()),
         (_, Some(id)) => PlanSource::Definition(id),
         _ => return rejected("the request has neither workflow_plan nor workflow_definition_id".into()),
     };
@@ -250,7 +251,7 @@ mod tests {
         .unwrap();
         let Request::Execute(request) = request else { panic!("{request:?}") };
         assert_eq!(request.run_id, "r1");
-        assert_eq!(request.plan, PlanSource::Inline(json!({"name": "p"})));
+        assert_eq!(request.plan, PlanSource::Inline(json!({"name": "p"}).into()));
         assert_eq!(Value::Object(request.input_data), json!({"topic": "rust"}));
 
         let id = Uuid::new_v4();

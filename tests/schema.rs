@@ -271,3 +271,133 @@ async fn platform_inserts_get_defaults_and_read_back_through_the_entities() {
         assert!(skew < 300, "{:?}: created_at {} is not UTC now", db.backend(), run.created_at);
     }
 }
+
+/// The writes of many runs in one batch: on PostgreSQL one statement per kind of write, on SQLite
+/// one per write. Both must leave the same rows and tell claimants the same thing.
+#[tokio::test]
+async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends() {
+    use runvisor::actors::persistence::{
+        AttemptEnd, AttemptStart, Claim, Journal, PersistenceHandle, RunWrite, WriteOp,
+    };
+    use runvisor::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    for test_db in TestDb::each().await {
+        let test_db = test_db.migrated().await;
+        let now = chrono::Utc::now().naive_utc();
+        let run = |run_id: &str, status| RunWrite {
+            run_id: run_id.into(),
+            workflow_id: "w".into(),
+            workflow_name: "w".into(),
+            definition_id: None,
+            input: json!({}),
+            triggered_by: None,
+            status,
+            output: None,
+            error: None,
+            cancelled_by: None,
+            owner: Some("me".into()),
+            cancel_requested_at: None,
+            plan: None,
+            at: now,
+        };
+        let claim = |run_id: &str| {
+            let claim =
+                Claim { run: run(run_id, RunStatus::Running), owner: "me".into(), lease: Duration::from_secs(30) };
+            WriteOp::ClaimNew(Box::new(claim))
+        };
+        let start = |run_id: &str, id: &str| {
+            WriteOp::AttemptStarted(Box::new(AttemptStart {
+                id: id.into(),
+                run_id: run_id.into(),
+                step_id: id.into(),
+                agent_name: "echo".into(),
+                input: json!({"n": 1}),
+                started_at: now,
+                parent_step_id: None,
+                branch_name: None,
+                join_policy: None,
+                loop_iteration_index: None,
+                attempt: 1,
+                retry_round: 0,
+            }))
+        };
+        let end = |id: &str, status| {
+            WriteOp::AttemptEnded(Box::new(AttemptEnd {
+                id: id.into(),
+                status,
+                output: Some(json!({"n": 2})),
+                error: None,
+                at: now,
+            }))
+        };
+        // Before the batch: a run the API created (PENDING, never claimed), one another executor
+        // holds, and an attempt of that one.
+        for (run_id, status, owner) in [("api-made", "PENDING", "NULL"), ("held", "RUNNING", "'other'")] {
+            test_db
+                .query(&format!(
+                    "INSERT INTO workflow_runs (run_id, workflow_id, workflow_name, status, input_data, created_at, \
+                 updated_at, owner_id, retry_count) VALUES ('{run_id}', 'w', 'w', '{status}', '{{}}', \
+                 CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, {owner}, 0) RETURNING run_id"
+                ))
+                .await;
+        }
+        let handle = PersistenceHandle::new(Arc::new(Journal::default()));
+        let config = runvisor::config::PersistenceConfig { batch_max: 512, flush_interval_ms: 0 };
+        let args = PersistenceSupervisorArgs { db: test_db.db.clone(), handle: handle.clone(), config };
+        let (supervisor, _) = ractor::Actor::spawn(None, PersistenceSupervisor, args).await.unwrap();
+        handle.flush().await.unwrap();
+        let before = handle.journal().stats();
+        // Queued without yielding: the persistence actor, on this test's one thread, takes them
+        // as one batch.
+        let claims = [claim("new"), claim("api-made"), claim("held")].map(|op| handle.write_deferred(op, None));
+        let writes = [
+            start("new", "a1"),
+            start("new", "a2"),
+            end("a1", StepStatus::Completed),
+            start("api-made", "b1"),
+            end("b1", StepStatus::Failed),
+            WriteOp::Run(Box::new(RunWrite { output: Some(json!({"n": 2})), ..run("new", RunStatus::Completed) })),
+        ]
+        .map(|op| handle.write_deferred(op, None));
+        let mut claimed = Vec::new();
+        for claim in claims {
+            claimed.push(claim.await.unwrap().unwrap());
+        }
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        assert_eq!(claimed, vec![1, 1, 0], "{:?}: new and API-made runs are won, a held one is not", test_db.backend());
+        assert_eq!(handle.journal().stats().transactions - before.transactions, 1, "one batch");
+        let runs = test_db.query("SELECT run_id, status, owner_id FROM workflow_runs ORDER BY run_id").await;
+        assert_eq!(
+            runs,
+            vec![
+                json!({"run_id": "api-made", "status": "RUNNING", "owner_id": "me"}),
+                json!({"run_id": "held", "status": "RUNNING", "owner_id": "other"}),
+                json!({"run_id": "new", "status": "COMPLETED", "owner_id": "me"}),
+            ]
+        );
+        let steps = test_db.query("SELECT id, status, output_data FROM step_executions ORDER BY id").await;
+        let output = |row: &serde_json::Value| match &row["output_data"] {
+            serde_json::Value::String(text) => serde_json::from_str(text).unwrap(),
+            other => other.clone(),
+        };
+        let summary: Vec<(String, String, serde_json::Value)> = steps
+            .iter()
+            .map(|row| (row["id"].as_str().unwrap().into(), row["status"].as_str().unwrap().into(), output(row)))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("a1".into(), "COMPLETED".into(), json!({"n": 2})),
+                ("a2".into(), "RUNNING".into(), serde_json::Value::Null),
+                ("b1".into(), "FAILED".into(), json!({"n": 2})),
+            ],
+            "{:?}",
+            test_db.backend()
+        );
+        supervisor.stop(None);
+    }
+}

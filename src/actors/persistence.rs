@@ -37,6 +37,8 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+mod batch;
+
 use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
 use crate::db::is_transient;
@@ -63,7 +65,7 @@ pub struct RunWrite {
     pub cancel_requested_at: Option<NaiveDateTime>,
     /// An inline plan, stored with a row this write creates so the run can be retried or
     /// resumed without its request (`workflow_runs.workflow_plan`).
-    pub plan: Option<Value>,
+    pub plan: Option<Arc<Value>>,
     pub at: NaiveDateTime,
 }
 
@@ -634,12 +636,64 @@ async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<u
         return Ok(vec![0; batch.len()]);
     }
     let txn = db.begin().await?;
-    let mut changed = Vec::with_capacity(batch.len());
-    for op in batch {
-        changed.push(apply(&txn, op).await?);
-    }
+    let changed = if db.get_database_backend() == sea_orm::DbBackend::Postgres && batch::can_group(batch) {
+        batch::apply_grouped(&txn, batch).await?
+    } else {
+        let mut changed = Vec::with_capacity(batch.len());
+        for op in batch {
+            changed.push(apply(&txn, op).await?);
+        }
+        changed
+    };
     txn.commit().await?;
     Ok(changed)
+}
+
+/// The row an attempt's start inserts.
+fn attempt_row(attempt: &AttemptStart) -> step_execution::ActiveModel {
+    step_execution::ActiveModel {
+        id: Set(attempt.id.clone()),
+        run_id: Set(attempt.run_id.clone()),
+        step_id: Set(attempt.step_id.clone()),
+        step_name: Set(attempt.agent_name.clone()),
+        agent_name: Set(attempt.agent_name.clone()),
+        status: Set(StepStatus::Running),
+        input_data: Set(attempt.input.clone()),
+        output_data: Set(None),
+        started_at: Set(attempt.started_at),
+        completed_at: Set(None),
+        error_message: Set(None),
+        parent_step_id: Set(attempt.parent_step_id.clone()),
+        branch_name: Set(attempt.branch_name.clone()),
+        join_policy: Set(attempt.join_policy.clone()),
+        loop_iteration_index: Set(attempt.loop_iteration_index),
+        attempt: Set(attempt.attempt),
+        retry_round: Set(attempt.retry_round),
+    }
+}
+
+/// The row a claim inserts: RUNNING, owned, leased.
+fn claim_row(claim: &Claim) -> workflow_run::ActiveModel {
+    let mut row = run_row(&claim.run);
+    let until = claim.run.at + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
+    row.status = Set(RunStatus::Running);
+    row.owner_id = Set(Some(claim.owner.clone()));
+    row.lease_expires_at = Set(Some(until));
+    row
+}
+
+/// A claim takes an existing row only if it is PENDING and was never claimed nor retried (an
+/// API-created run waiting for its first executor).
+fn claim_conflict() -> OnConflict {
+    use workflow_run::Column as C;
+    let run = |column| Expr::col((workflow_run::Entity, column));
+    let never_claimed =
+        run(C::Status).eq(RunStatus::Pending.as_str()).and(run(C::OwnerId).is_null()).and(run(C::RetryCount).eq(0));
+    let mut on_conflict = OnConflict::column(C::RunId);
+    on_conflict
+        .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
+        .action_and_where(never_claimed);
+    on_conflict
 }
 
 const TERMINAL_RUN: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
@@ -665,7 +719,7 @@ fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
         lease_expires_at: Set(None),
         retry_count: sea_orm::ActiveValue::NotSet,
         retried_at: sea_orm::ActiveValue::NotSet,
-        workflow_plan: Set(run.plan.clone()),
+        workflow_plan: Set(run.plan.as_deref().cloned()),
     }
 }
 
@@ -704,44 +758,13 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
             workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
         }
         WriteOp::ClaimNew(claim) => {
-            use workflow_run::Column as C;
-            let mut row = run_row(&claim.run);
-            let until = claim.run.at + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
-            row.status = Set(RunStatus::Running);
-            row.owner_id = Set(Some(claim.owner.clone()));
-            row.lease_expires_at = Set(Some(until));
-            let run = |column| Expr::col((workflow_run::Entity, column));
-            let never_claimed = run(C::Status)
-                .eq(RunStatus::Pending.as_str())
-                .and(run(C::OwnerId).is_null())
-                .and(run(C::RetryCount).eq(0));
-            let mut on_conflict = OnConflict::column(C::RunId);
-            on_conflict
-                .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
-                .action_and_where(never_claimed);
-            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
+            workflow_run::Entity::insert(claim_row(claim))
+                .on_conflict(claim_conflict())
+                .exec_without_returning(db)
+                .await?
         }
         WriteOp::AttemptStarted(attempt) => {
-            let row = step_execution::ActiveModel {
-                id: Set(attempt.id.clone()),
-                run_id: Set(attempt.run_id.clone()),
-                step_id: Set(attempt.step_id.clone()),
-                step_name: Set(attempt.agent_name.clone()),
-                agent_name: Set(attempt.agent_name.clone()),
-                status: Set(StepStatus::Running),
-                input_data: Set(attempt.input.clone()),
-                output_data: Set(None),
-                started_at: Set(attempt.started_at),
-                completed_at: Set(None),
-                error_message: Set(None),
-                parent_step_id: Set(attempt.parent_step_id.clone()),
-                branch_name: Set(attempt.branch_name.clone()),
-                join_policy: Set(attempt.join_policy.clone()),
-                loop_iteration_index: Set(attempt.loop_iteration_index),
-                attempt: Set(attempt.attempt),
-                retry_round: Set(attempt.retry_round),
-            };
-            step_execution::Entity::insert(row)
+            step_execution::Entity::insert(attempt_row(attempt))
                 .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
                 .exec_without_returning(db)
                 .await?

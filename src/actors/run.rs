@@ -514,9 +514,9 @@ impl RunState {
     }
 
     /// The plan document: inline, or the stored definition's (whose identity then names the run).
-    async fn load_document(&mut self) -> Result<Value, String> {
+    async fn load_document(&mut self) -> Result<Arc<Value>, String> {
         match &self.request.plan {
-            PlanSource::Inline(document) => Ok(document.clone()),
+            PlanSource::Inline(document) => Ok(Arc::clone(document)),
             PlanSource::Definition(id) => match self.deps.persistence.load_definition(*id).await {
                 Ok(Some(definition)) => {
                     let (workflow_id, name) = validate::identity(&definition.workflow_data);
@@ -524,7 +524,7 @@ impl RunState {
                         workflow_id: workflow_id.unwrap_or_else(|| id.to_string()),
                         workflow_name: name.unwrap_or_else(|| definition.name.clone()),
                     };
-                    Ok(definition.workflow_data)
+                    Ok(Arc::new(definition.workflow_data))
                 }
                 Ok(None) => Err(format!("workflow_definition_id '{id}' does not exist")),
                 Err(e) => Err(format!("cannot load workflow definition '{id}': {e}")),
@@ -539,7 +539,7 @@ impl RunState {
             run: RunWrite {
                 status: RunStatus::Running,
                 plan: match &self.request.plan {
-                    PlanSource::Inline(document) => Some(document.clone()),
+                    PlanSource::Inline(document) => Some(Arc::clone(document)),
                     _ => None,
                 },
                 ..match self.run_write(RunStatus::Running, None, None, None) {

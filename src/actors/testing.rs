@@ -118,7 +118,7 @@ impl Harness {
         let Value::Object(input) = input else { panic!("input must be an object") };
         let request = RunRequest {
             run_id: run_id.into(),
-            plan: PlanSource::Inline(plan),
+            plan: PlanSource::Inline(plan.into()),
             definition_id: None,
             input,
             triggered_by: None,

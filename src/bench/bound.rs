@@ -1,19 +1,19 @@
 //! The bound: how fast PostgreSQL absorbs runvisor's own writes when nothing else limits them.
 //!
-//! The writes of `runs` runs (the run's row, each call's RUNNING row and its COMPLETED update, the
+//! The writes of `runs` runs (the claim, each call's RUNNING row and its COMPLETED update, the
 //! run's terminal update) are all queued at once into a real persistence actor, so every
 //! transaction is as full as `persistence.batch_max` allows. The rows per second it reaches are the
 //! most the executor could write on this database; the throughput modes report their own row
 //! rate as a share of it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use entity::{RunStatus, StepStatus};
 use ractor::Actor;
 use serde_json::json;
 
-use crate::actors::persistence::{AttemptEnd, AttemptStart, Journal, PersistenceHandle, RunWrite, WriteOp};
+use crate::actors::persistence::{AttemptEnd, AttemptStart, Claim, Journal, PersistenceHandle, RunWrite, WriteOp};
 use crate::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs};
 use crate::config::{Config, DatabaseConfig};
 
@@ -63,7 +63,11 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
     let started = Instant::now();
     for r in 0..runs {
         let run_id = format!("bound-{prefix}-{r}");
-        handle.write_later(run(&run_id, RunStatus::Running), None);
+        let claim = match run(&run_id, RunStatus::Running) {
+            WriteOp::Run(run) => Claim { run: *run, owner: "bench-bound".into(), lease: Duration::from_secs(60) },
+            _ => unreachable!("a run write"),
+        };
+        handle.write_later(WriteOp::ClaimNew(Box::new(claim)), None);
         for c in 1..=calls {
             let id = format!("{run_id}/s{c}/1");
             let input = json!({"value": 1, "counter": c});

@@ -69,12 +69,12 @@ impl Engine {
         Ok(Engine { supervisor, store, started })
     }
 
-    fn submit(&self, run_id: String, plan: &Value, value: usize) -> anyhow::Result<oneshot::Receiver<RunOutcome>> {
+    fn submit(&self, run_id: String, plan: &Arc<Value>, value: usize) -> anyhow::Result<oneshot::Receiver<RunOutcome>> {
         let mut input = Map::new();
         input.insert("value".into(), value.into());
         let request = RunRequest {
             run_id,
-            plan: PlanSource::Inline(plan.clone()),
+            plan: PlanSource::Inline(Arc::clone(plan)),
             definition_id: None,
             input,
             triggered_by: None,
@@ -112,7 +112,7 @@ pub async fn throughput(shape: Shape, runs: usize, in_flight: usize) -> anyhow::
     let mut config = Config::defaults();
     config.executor.max_parallel_steps = in_flight.max(1) * shape.calls();
     let engine = Engine::start(&config).await?;
-    let plan = shape.plan();
+    let plan = Arc::new(shape.plan());
     let prefix = uuid::Uuid::now_v7();
     let (cpu_before, started) = (procstat::cpu_seconds(&[std::process::id()]), Instant::now());
     let mut pending = std::collections::VecDeque::with_capacity(in_flight);
@@ -171,7 +171,7 @@ pub async fn memory(runs: usize) -> anyhow::Result<MemoryFigures> {
     let engine = Engine::start(&config).await?;
     engine.started.target.store(runs, Ordering::Relaxed);
     // Long enough to outlast the ramp on a slow machine; the runs are killed, not awaited.
-    let plan = Shape::Sleep(3_600_000).plan();
+    let plan = Arc::new(Shape::Sleep(3_600_000).plan());
     let prefix = uuid::Uuid::now_v7();
     let before = rss("VmRSS");
     let started = Instant::now();

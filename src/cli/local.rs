@@ -111,7 +111,7 @@ pub async fn run(config: &Config, out: Out, args: RunArgs) -> Result<Exit, CliEr
     let run_id = format!("run-{}", uuid::Uuid::now_v7());
     let request = RunRequest {
         run_id: run_id.clone(),
-        plan: PlanSource::Inline(document),
+        plan: PlanSource::Inline(document.into()),
         definition_id: None,
         input,
         triggered_by: Some("runvisor run".into()),

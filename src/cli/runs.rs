@@ -178,7 +178,7 @@ pub async fn retry(config: &Config, out: Out, run_id: &str, wait: bool) -> Resul
     let plan = request
         .workflow_plan
         .clone()
-        .map(crate::wire::PlanSource::Inline)
+        .map(|plan| crate::wire::PlanSource::Inline(plan.into()))
         .unwrap_or_else(|| crate::wire::PlanSource::Unusable("the retried run has no plan".into()));
     let run = crate::actors::run::RunRequest {
         run_id: run_id.to_string(),

@@ -162,7 +162,13 @@ impl TestDb {
 /// A request for an inline plan.
 pub fn request(run_id: &str, plan: serde_json::Value, input: serde_json::Value) -> RunRequest {
     let serde_json::Value::Object(input) = input else { panic!("input must be an object") };
-    RunRequest { run_id: run_id.into(), plan: PlanSource::Inline(plan), definition_id: None, input, triggered_by: None }
+    RunRequest {
+        run_id: run_id.into(),
+        plan: PlanSource::Inline(plan.into()),
+        definition_id: None,
+        input,
+        triggered_by: None,
+    }
 }
 
 /// A plan document from its steps (each step's `id` is filled in from its key).

@@ -1,0 +1,236 @@
+//! A batch in few statements: on PostgreSQL, the claims, attempt starts and attempt ends of a batch
+//! are each written by one multi-row statement instead of one statement per write.
+//!
+//! Why this is allowed to reorder writes: a batch holds writes of many runs, and writes of different
+//! runs touch different rows. Within one run the RunActor's protocol leaves few orders possible in
+//! one batch: an attempt's RUNNING row is acknowledged before its call starts, so its end is always
+//! in a later batch; ends queued without waiting are followed by the next start or the run's end;
+//! a run's claim comes before anything else of it. Writing all claims, then all starts, then all
+//! ends, then the rest in queue order keeps every one of these orders. What the protocol does not
+//! promise is checked: a run write or abandonment followed by a claim or start of the same run, a
+//! run claimed twice, or an attempt ended twice in the batch sends it down the one-at-a-time path.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use entity::{StepStatus, step_execution, workflow_run};
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryTrait, Statement};
+
+use super::{AttemptEnd, Claim, WriteOp, apply};
+
+/// Rows per statement: well under PostgreSQL's 65,535 bind parameters for the widest row (18).
+const ROWS_PER_STATEMENT: usize = 1000;
+
+/// Whether `batch` may be written phase by phase (see the module docs).
+pub(super) fn can_group(batch: &[Arc<WriteOp>]) -> bool {
+    let mut claimed = HashSet::new();
+    let mut ended = HashSet::new();
+    let mut closed = HashSet::new();
+    for op in batch {
+        let fresh = match &**op {
+            WriteOp::ClaimNew(claim) => {
+                if !claimed.insert(claim.run.run_id.as_str()) {
+                    return false;
+                }
+                Some(claim.run.run_id.as_str())
+            }
+            WriteOp::AttemptStarted(start) => Some(start.run_id.as_str()),
+            WriteOp::AttemptEnded(end) => {
+                if !ended.insert(end.id.as_str()) {
+                    return false;
+                }
+                None
+            }
+            WriteOp::Run(run) => {
+                closed.insert(run.run_id.as_str());
+                None
+            }
+            WriteOp::AbandonAttempts { run_id, .. } => {
+                closed.insert(run_id.as_str());
+                None
+            }
+            WriteOp::Barrier => None,
+        };
+        if fresh.is_some_and(|run_id| closed.contains(run_id)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes a batch that [`can_group`] accepted; answers the rows each write changed (1 for each
+/// start and end: a multi-row statement does not say which of its rows it changed, and no writer
+/// asks).
+pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteOp>]) -> Result<Vec<u64>, DbErr> {
+    let mut changed = vec![0; batch.len()];
+    let claims: Vec<(usize, &Claim)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match &**op {
+            WriteOp::ClaimNew(claim) => Some((i, &**claim)),
+            _ => None,
+        })
+        .collect();
+    for chunk in claims.chunks(ROWS_PER_STATEMENT) {
+        let won = claim_many(txn, chunk.iter().map(|(_, claim)| *claim)).await?;
+        for (i, claim) in chunk {
+            changed[*i] = u64::from(won.contains(&claim.run.run_id));
+        }
+    }
+    let starts: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::AttemptStarted(_))).collect();
+    for chunk in starts.chunks(ROWS_PER_STATEMENT) {
+        let rows = chunk.iter().map(|&i| match &*batch[i] {
+            WriteOp::AttemptStarted(start) => super::attempt_row(start),
+            _ => unreachable!("chosen for being a start"),
+        });
+        step_execution::Entity::insert_many(rows)
+            .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
+            .exec_without_returning(txn)
+            .await?;
+        chunk.iter().for_each(|&i| changed[i] = 1);
+    }
+    let ends: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::AttemptEnded(_))).collect();
+    for chunk in ends.chunks(ROWS_PER_STATEMENT) {
+        let rows: Vec<&AttemptEnd> = chunk
+            .iter()
+            .map(|&i| match &*batch[i] {
+                WriteOp::AttemptEnded(end) => &**end,
+                _ => unreachable!("chosen for being an end"),
+            })
+            .collect();
+        end_many(txn, &rows).await?;
+        chunk.iter().for_each(|&i| changed[i] = 1);
+    }
+    for (i, op) in batch.iter().enumerate() {
+        if matches!(**op, WriteOp::Run(_) | WriteOp::AbandonAttempts { .. }) {
+            changed[i] = apply(txn, op).await?;
+        }
+    }
+    Ok(changed)
+}
+
+/// One `INSERT … ON CONFLICT DO UPDATE … WHERE never claimed … RETURNING run_id`: the runs won.
+async fn claim_many<'a>(
+    txn: &DatabaseTransaction,
+    claims: impl Iterator<Item = &'a Claim>,
+) -> Result<HashSet<String>, DbErr> {
+    use workflow_run::Column as C;
+    let mut insert = workflow_run::Entity::insert_many(claims.map(super::claim_row))
+        .on_conflict(super::claim_conflict())
+        .into_query();
+    insert.returning_col(C::RunId);
+    let statement = txn.get_database_backend().build(&insert);
+    let won = txn.query_all_raw(statement).await?;
+    won.iter().map(|row| row.try_get::<String>("", "run_id")).collect()
+}
+
+/// One `UPDATE … FROM (VALUES …)` ending every attempt in `ends` that is still RUNNING.
+async fn end_many(txn: &DatabaseTransaction, ends: &[&AttemptEnd]) -> Result<(), DbErr> {
+    let mut values: Vec<sea_orm::Value> = Vec::with_capacity(ends.len() * 5);
+    let mut tuples = Vec::with_capacity(ends.len());
+    for (n, end) in ends.iter().enumerate() {
+        let p = n * 5;
+        tuples.push(format!(
+            "(${}::text, ${}::text, ${}::jsonb, ${}::text, ${}::timestamp)",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5
+        ));
+        values.push(end.id.clone().into());
+        values.push(end.status.as_str().into());
+        values.push(end.output.clone().into());
+        values.push(end.error.clone().into());
+        values.push(end.at.into());
+    }
+    let sql = format!(
+        "UPDATE step_executions AS s SET status = v.status, output_data = v.output, error_message = v.error, \
+         completed_at = v.at FROM (VALUES {}) AS v(id, status, output, error, at) \
+         WHERE s.id = v.id AND s.status = '{}'",
+        tuples.join(", "),
+        StepStatus::Running.as_str()
+    );
+    txn.execute_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::persistence::{AttemptStart, RunWrite};
+    use entity::RunStatus;
+    use serde_json::json;
+
+    fn at() -> chrono::NaiveDateTime {
+        chrono::Utc::now().naive_utc()
+    }
+
+    fn run_write(run_id: &str) -> RunWrite {
+        RunWrite {
+            run_id: run_id.into(),
+            workflow_id: "w".into(),
+            workflow_name: "w".into(),
+            definition_id: None,
+            input: json!({}),
+            triggered_by: None,
+            status: RunStatus::Completed,
+            output: None,
+            error: None,
+            cancelled_by: None,
+            owner: None,
+            cancel_requested_at: None,
+            plan: None,
+            at: at(),
+        }
+    }
+
+    fn claim(run_id: &str) -> Arc<WriteOp> {
+        let lease = std::time::Duration::from_secs(1);
+        Arc::new(WriteOp::ClaimNew(Box::new(Claim { run: run_write(run_id), owner: "o".into(), lease })))
+    }
+
+    fn start(run_id: &str, id: &str) -> Arc<WriteOp> {
+        Arc::new(WriteOp::AttemptStarted(Box::new(AttemptStart {
+            id: id.into(),
+            run_id: run_id.into(),
+            step_id: "s".into(),
+            agent_name: "echo".into(),
+            input: json!({}),
+            started_at: at(),
+            parent_step_id: None,
+            branch_name: None,
+            join_policy: None,
+            loop_iteration_index: None,
+            attempt: 1,
+            retry_round: 0,
+        })))
+    }
+
+    fn end(id: &str) -> Arc<WriteOp> {
+        Arc::new(WriteOp::AttemptEnded(Box::new(AttemptEnd {
+            id: id.into(),
+            status: StepStatus::Completed,
+            output: None,
+            error: None,
+            at: at(),
+        })))
+    }
+
+    fn run(run_id: &str) -> Arc<WriteOp> {
+        Arc::new(WriteOp::Run(Box::new(run_write(run_id))))
+    }
+
+    #[test]
+    fn batches_the_run_actor_makes_are_grouped_and_others_are_not() {
+        // Many runs at different points: a claim, a step's end with the next start, a last end
+        // with the run's end.
+        let usual = [claim("a"), end("b1"), start("b", "b2"), end("c3"), run("c"), start("a", "a1")];
+        assert!(can_group(&usual));
+        assert!(!can_group(&[claim("a"), claim("a")]), "a run claimed twice");
+        assert!(!can_group(&[end("x"), end("x")]), "an attempt ended twice");
+        assert!(!can_group(&[run("a"), start("a", "a1")]), "a start after its run's write");
+        assert!(!can_group(&[run("a"), claim("a")]), "a claim after its run's write");
+    }
+}
