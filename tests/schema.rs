@@ -359,6 +359,8 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
             start("api-made", "b1"),
             end("b1", StepStatus::Failed),
             WriteOp::Run(Box::new(RunWrite { output: Some(json!({"n": 2})), ..run("new", RunStatus::Completed) })),
+            // Not ours: the run's owner guards it.
+            WriteOp::Run(Box::new(run("held", RunStatus::Failed))),
         ]
         .map(|op| handle.write_deferred(op, None));
         let mut claimed = Vec::new();

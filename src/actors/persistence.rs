@@ -649,6 +649,27 @@ async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<u
     Ok(changed)
 }
 
+/// The row a [`RunWrite`] upserts.
+fn run_write_row(run: &RunWrite) -> workflow_run::ActiveModel {
+    let mut row = run_row(run);
+    row.completed_at = Set(run.status.is_terminal().then_some(run.at));
+    row.cancelled_at = Set((run.status == RunStatus::Cancelled).then_some(run.at));
+    row.lease_expires_at = Set(None);
+    row
+}
+
+/// What a [`RunWrite`] changes on an existing row.
+const RUN_WRITE_COLUMNS: [workflow_run::Column; 8] = [
+    workflow_run::Column::Status,
+    workflow_run::Column::UpdatedAt,
+    workflow_run::Column::CompletedAt,
+    workflow_run::Column::CancelledAt,
+    workflow_run::Column::CancelledBy,
+    workflow_run::Column::ErrorMessage,
+    workflow_run::Column::OutputData,
+    workflow_run::Column::LeaseExpiresAt,
+];
+
 /// The row an attempt's start inserts.
 fn attempt_row(attempt: &AttemptStart) -> step_execution::ActiveModel {
     step_execution::ActiveModel {
@@ -726,12 +747,7 @@ fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
 async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
     Ok(match op {
         WriteOp::Run(run) => {
-            let terminal = run.status.is_terminal();
-            let cancelled = run.status == RunStatus::Cancelled;
-            let mut row = run_row(run);
-            row.completed_at = Set(terminal.then_some(run.at));
-            row.cancelled_at = Set(cancelled.then_some(run.at));
-            row.lease_expires_at = Set(None);
+            let row = run_write_row(run);
             use workflow_run::Column as C;
             let mut on_conflict = OnConflict::column(C::RunId);
             let mut guard = Expr::col((workflow_run::Entity, C::Status)).is_not_in(TERMINAL_RUN);
@@ -743,18 +759,7 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
                 let retried = Expr::col((workflow_run::Entity, C::RetriedAt));
                 guard = guard.and(retried.clone().is_null().or(retried.lte(requested)));
             }
-            on_conflict
-                .update_columns([
-                    C::Status,
-                    C::UpdatedAt,
-                    C::CompletedAt,
-                    C::CancelledAt,
-                    C::CancelledBy,
-                    C::ErrorMessage,
-                    C::OutputData,
-                    C::LeaseExpiresAt,
-                ])
-                .action_and_where(guard);
+            on_conflict.update_columns(RUN_WRITE_COLUMNS).action_and_where(guard);
             workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
         }
         WriteOp::ClaimNew(claim) => {

@@ -1,12 +1,12 @@
-//! A batch in few statements: on PostgreSQL, the claims, attempt starts and attempt ends of a batch
-//! are each written by one multi-row statement instead of one statement per write.
+//! A batch in few statements: on PostgreSQL, the claims, attempt starts, attempt ends and the
+//! runs' ends of a batch are each written by multi-row statements instead of one per write.
 //!
 //! Why this is allowed to reorder writes: a batch holds writes of many runs, and writes of different
 //! runs touch different rows. Within one run the RunActor's protocol leaves few orders possible in
 //! one batch: an attempt's RUNNING row is acknowledged before its call starts, so its end is always
 //! in a later batch; ends queued without waiting are followed by the next start or the run's end;
 //! a run's claim comes before anything else of it. Writing all claims, then all starts, then all
-//! ends, then the rest in queue order keeps every one of these orders. What the protocol does not
+//! ends, then the runs' ends and abandonments keeps every one of these orders. What the protocol does not
 //! promise is checked: a run write or abandonment followed by a claim or start of the same run, a
 //! run claimed twice, or an attempt ended twice in the batch sends it down the one-at-a-time path.
 
@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use entity::{StepStatus, step_execution, workflow_run};
-use sea_orm::sea_query::OnConflict;
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryTrait, Statement};
 
 use super::{AttemptEnd, Claim, WriteOp, apply};
@@ -152,12 +152,49 @@ pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteO
         end_many(txn, &rows).await?;
         chunk.iter().for_each(|&i| changed[i] = 1);
     }
+    // The runs' ends: in one statement when each is an executor's plain update of a run of its own
+    // (the guard then reads the owner from the row offered), else one by one in queue order.
+    let runs: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::Run(_))).collect();
+    let mut run_ids = HashSet::new();
+    let plain = runs.iter().all(|&i| match &*batch[i] {
+        WriteOp::Run(run) => run.owner.is_some() && run.cancel_requested_at.is_none() && run_ids.insert(&run.run_id),
+        _ => false,
+    });
+    if plain {
+        let run_size = |i: &usize| match &*batch[*i] {
+            WriteOp::Run(run) => 256 + approx_len(&run.input) + run.output.as_ref().map_or(0, approx_len),
+            _ => 0,
+        };
+        for chunk in statements(&runs, run_size) {
+            let rows = chunk.iter().map(|&i| match &*batch[i] {
+                WriteOp::Run(run) => super::run_write_row(run),
+                _ => unreachable!("chosen for being a run write"),
+            });
+            workflow_run::Entity::insert_many(rows).on_conflict(owned_run_update()).exec_without_returning(txn).await?;
+            chunk.iter().for_each(|&i| changed[i] = 1);
+        }
+    }
     for (i, op) in batch.iter().enumerate() {
-        if matches!(**op, WriteOp::Run(_) | WriteOp::AbandonAttempts { .. }) {
+        let grouped = plain && matches!(**op, WriteOp::Run(_));
+        if !grouped && matches!(**op, WriteOp::Run(_) | WriteOp::AbandonAttempts { .. }) {
             changed[i] = apply(txn, op).await?;
         }
     }
     Ok(changed)
+}
+
+/// A run write's upsert for many rows at once: the guard of [`super::apply`]'s, with the owner taken
+/// from each row offered (`excluded`) instead of a constant.
+fn owned_run_update() -> OnConflict {
+    use workflow_run::Column as C;
+    let run = |column| Expr::col((workflow_run::Entity, column));
+    let owner = run(C::OwnerId);
+    let guard = run(C::Status)
+        .is_not_in(super::TERMINAL_RUN)
+        .and(owner.clone().is_null().or(owner.eq(Expr::cust("excluded.owner_id"))));
+    let mut on_conflict = OnConflict::column(C::RunId);
+    on_conflict.update_columns(super::RUN_WRITE_COLUMNS).action_and_where(guard);
+    on_conflict
 }
 
 /// One `INSERT … ON CONFLICT DO UPDATE … WHERE never claimed … RETURNING run_id`: the runs won.
