@@ -133,7 +133,9 @@ impl AgentHandle {
         };
         let result = match &entry.kind {
             AgentKind::Builtin(builtin) => builtin.call(input, ctx).await,
-            AgentKind::Http(http) => http.call(input, ctx).await,
+            // Boxed: an HTTP call's future (reqwest's) is kilobytes, and unboxed it would size every
+            // StepActor's task, built-in calls included, for as long as the call lasts.
+            AgentKind::Http(http) => Box::pin(http.call(input, ctx)).await,
         };
         if let (Some(breaker), Some(trial)) = (&entry.breaker, trial) {
             breaker.record(trial, !matches!(result, Err(StepFailure::Retryable(_))));
