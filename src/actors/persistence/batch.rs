@@ -20,7 +20,7 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrai
 use super::{AttemptEnd, Claim, WriteOp, apply};
 
 /// How much one statement carries. Why so little: sqlx 0.9.0 leaves Nagle's algorithm on
-/// (launchbadge/sqlx#4335, fixed upstream but not released), so a statement that does not fit
+/// (transact-rs/sqlx#4335, fixed upstream but not released), so a statement that does not fit
 /// in one TCP segment may send its tail only once PostgreSQL acknowledges the head, which it
 /// delays by up to 40 ms. Measured on loopback with the bound mode: statements of 25–50 attempt
 /// rows write 20,000 rows/s, of 100 rows 4,800 (each one waits), one row per statement 12,000.
