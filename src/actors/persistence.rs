@@ -1008,7 +1008,7 @@ mod tests {
         (handle, supervisor)
     }
 
-    fn run(run_id: &str, status: RunStatus) -> WriteOp {
+    pub(super) fn run(run_id: &str, status: RunStatus) -> WriteOp {
         WriteOp::Run(Box::new(RunWrite {
             run_id: run_id.into(),
             workflow_id: "wf".into(),
@@ -1027,7 +1027,7 @@ mod tests {
         }))
     }
 
-    fn attempt(run_id: &str, id: &str) -> WriteOp {
+    pub(super) fn attempt(run_id: &str, id: &str) -> WriteOp {
         WriteOp::AttemptStarted(Box::new(AttemptStart {
             id: id.into(),
             run_id: run_id.into(),
@@ -1044,7 +1044,7 @@ mod tests {
         }))
     }
 
-    fn end(id: &str, status: StepStatus) -> WriteOp {
+    pub(super) fn end(id: &str, status: StepStatus) -> WriteOp {
         WriteOp::AttemptEnded(Box::new(AttemptEnd {
             id: id.into(),
             status,

@@ -84,6 +84,12 @@ pub struct Args {
     peers_dir: PathBuf,
 }
 
+impl Args {
+    fn wants(&self, mode: &str) -> bool {
+        self.modes.iter().any(|m| m == mode)
+    }
+}
+
 /// The broker modes, with the plan shape each measures.
 fn broker_modes() -> [(&'static str, Shape); 3] {
     [
@@ -99,7 +105,7 @@ pub async fn bench(out: Out, args: Args) -> anyhow::Result<()> {
     if let Some(unknown) = args.modes.iter().find(|m| !ALL_MODES.contains(&m.as_str())) {
         bail!("--modes: unknown mode '{unknown}'; the modes are {}", ALL_MODES.join(", "));
     }
-    let wants = |mode: &str| args.modes.iter().any(|m| m == mode);
+    let wants = |mode: &str| args.wants(mode);
     let mut lines: Vec<Value> = Vec::new();
     let mut emit = |line: Value| {
         println!("{line}");
@@ -154,7 +160,7 @@ async fn measure_on_services(
     database: &BenchDatabase,
     emit: &mut impl FnMut(Value),
 ) -> anyhow::Result<()> {
-    let wants = |mode: &str| args.modes.iter().any(|m| m == mode);
+    let wants = |mode: &str| args.wants(mode);
     let config = crate::config::Config::defaults();
     let group = format!("runvisor-bench-{}", std::process::id());
     let mut env: Vec<(String, String)> = vec![

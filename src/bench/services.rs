@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 
 /// A port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -31,7 +31,7 @@ async fn wait_for_port(port: u16, what: &str, child: &mut Child) -> anyhow::Resu
 }
 
 /// The tansu binary: `RUNVISOR_TEST_TANSU`, else `~/.cargo/bin/tansu`, else `tansu` on PATH.
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     if let Ok(path) = std::env::var("RUNVISOR_TEST_TANSU") {
         return PathBuf::from(path);
     }

@@ -192,25 +192,12 @@ pub struct Tansu {
     process: Option<std::process::Child>,
 }
 
-pub fn tansu_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("RUNVISOR_TEST_TANSU") {
-        return PathBuf::from(path);
-    }
-    let in_cargo_bin = std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu")).ok();
-    match in_cargo_bin.filter(|p| p.exists()) {
-        Some(path) => path,
-        None => PathBuf::from("tansu"),
-    }
-}
-
-/// A port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// The same binary `runvisor bench` starts.
+pub use runvisor::bench::services::{free_port, tansu_binary};
 
 impl Tansu {
     pub async fn start() -> Tansu {
-        let mut tansu = Tansu { port: free_port(), dir: tempfile::tempdir().unwrap(), process: None };
+        let mut tansu = Tansu { port: free_port().unwrap(), dir: tempfile::tempdir().unwrap(), process: None };
         tansu.launch().await;
         tansu
     }
@@ -335,7 +322,7 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// Starts `runvisor api` and waits until it answers `/health`.
     pub async fn start(brokers: &str, database_url: &str, extra_env: &[(&str, &str)]) -> ApiProcess {
-        let port = free_port();
+        let port = free_port().unwrap();
         let log = std::fs::File::create(std::env::temp_dir().join(format!("runvisor-api-{port}.log"))).unwrap();
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runvisor"));
         command

@@ -246,67 +246,26 @@ async fn end_many(txn: &DatabaseTransaction, ends: &[&AttemptEnd]) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::persistence::{AttemptStart, RunWrite};
+    use crate::actors::persistence::tests::{attempt, end as ended, run as run_write};
     use entity::RunStatus;
     use serde_json::json;
 
-    fn at() -> chrono::NaiveDateTime {
-        chrono::Utc::now().naive_utc()
-    }
-
-    fn run_write(run_id: &str) -> RunWrite {
-        RunWrite {
-            run_id: run_id.into(),
-            workflow_id: "w".into(),
-            workflow_name: "w".into(),
-            definition_id: None,
-            input: json!({}),
-            triggered_by: None,
-            status: RunStatus::Completed,
-            output: None,
-            error: None,
-            cancelled_by: None,
-            owner: None,
-            cancel_requested_at: None,
-            plan: None,
-            at: at(),
-        }
-    }
-
     fn claim(run_id: &str) -> Arc<WriteOp> {
+        let WriteOp::Run(run) = run_write(run_id, RunStatus::Running) else { unreachable!("a run write") };
         let lease = std::time::Duration::from_secs(1);
-        Arc::new(WriteOp::ClaimNew(Box::new(Claim { run: run_write(run_id), owner: "o".into(), lease })))
+        Arc::new(WriteOp::ClaimNew(Box::new(Claim { run: *run, owner: "o".into(), lease })))
     }
 
     fn start(run_id: &str, id: &str) -> Arc<WriteOp> {
-        Arc::new(WriteOp::AttemptStarted(Box::new(AttemptStart {
-            id: id.into(),
-            run_id: run_id.into(),
-            step_id: "s".into(),
-            agent_name: "echo".into(),
-            input: json!({}),
-            started_at: at(),
-            parent_step_id: None,
-            branch_name: None,
-            join_policy: None,
-            loop_iteration_index: None,
-            attempt: 1,
-            retry_round: 0,
-        })))
+        Arc::new(attempt(run_id, id))
     }
 
     fn end(id: &str) -> Arc<WriteOp> {
-        Arc::new(WriteOp::AttemptEnded(Box::new(AttemptEnd {
-            id: id.into(),
-            status: StepStatus::Completed,
-            output: None,
-            error: None,
-            at: at(),
-        })))
+        Arc::new(ended(id, StepStatus::Completed))
     }
 
     fn run(run_id: &str) -> Arc<WriteOp> {
-        Arc::new(WriteOp::Run(Box::new(run_write(run_id))))
+        Arc::new(run_write(run_id, RunStatus::Completed))
     }
 
     #[test]
