@@ -125,6 +125,21 @@ pub struct ExecutorConfig {
     pub owner_id: String,
     pub retry: RetryPolicy,
     pub circuit_breaker: CircuitBreakerConfig,
+    pub sweeper: SweeperConfig,
+}
+
+/// The sweeper of orphaned runs (`actors::sweeper`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweeperConfig {
+    /// How often to look; 0 turns the sweeper off.
+    pub interval_ms: u64,
+    /// Untouched for this many leases = orphaned. Long enough that a live executor cut off from
+    /// the database for a while, or a request waiting behind a backlog, is not taken for dead
+    /// (the claim would sort it out, but a sweep of healthy runs is wasted work).
+    pub after_leases: u32,
+    /// Runs resumed per look at most, so that a large backlog of orphans is taken in steps.
+    pub batch: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -450,6 +465,13 @@ impl Config {
         }
         exec.retry.problems("executor.retry", &mut out);
         exec.circuit_breaker.problems("executor.circuit_breaker", &mut out);
+        if exec.sweeper.after_leases < 2 {
+            out.push(format!(
+                "executor.sweeper.after_leases = {}: must be ≥ 2 (a live executor renews every third of a lease)",
+                exec.sweeper.after_leases
+            ));
+        }
+        at_least_one(&mut out, "executor.sweeper.batch", exec.sweeper.batch);
 
         at_least_one(&mut out, "persistence.batch_max", self.persistence.batch_max as u64);
 

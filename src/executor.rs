@@ -15,6 +15,7 @@ use crate::actors::events::EventSink;
 use crate::actors::persistence::{Journal, PersistError, PersistenceHandle};
 use crate::actors::run::{RunDeps, RunOutcome, RunRequest, Spawned};
 use crate::actors::supervisor::{PersistenceSupervisor, PersistenceSupervisorArgs, RunSupervisor, SupervisorMsg};
+use crate::actors::sweeper::Sweeper;
 use crate::agents::{AgentRegistry, LiveRegistry};
 use crate::config::Config;
 
@@ -35,6 +36,9 @@ pub struct ExecutorOptions {
     pub events: Option<Arc<dyn EventSink>>,
     /// Receives every RunActor and StepActor spawned (chaos tests kill them).
     pub tap: Option<mpsc::UnboundedSender<Spawned>>,
+    /// Sweep for orphaned runs every `executor.sweeper.interval_ms` ([`crate::actors::sweeper`]):
+    /// long-lived executors do; `runvisor run`, which executes one run and exits, does not.
+    pub sweep: bool,
 }
 
 #[derive(Debug)]
@@ -45,6 +49,9 @@ pub struct Executor {
     registry: Arc<LiveRegistry>,
     /// Re-reads the `agents` table every `executor.agents_refresh_ms`; stopped on shutdown.
     agents_refresh: tokio::task::JoinHandle<()>,
+    /// Resumes orphaned runs; asked for by [`ExecutorOptions::sweep`], stopped on shutdown.
+    sweeper: Sweeper,
+    sweeping: Option<tokio::task::JoinHandle<()>>,
     /// This executor's name in `workflow_runs.owner_id`.
     owner: String,
 }
@@ -81,7 +88,16 @@ impl Executor {
             tap: options.tap,
         });
         let (runs, _) = Actor::spawn(None, RunSupervisor, deps).await?;
-        Ok(Executor { persistence, persistence_supervisor, runs, registry, agents_refresh, owner })
+        let sweeper = Sweeper {
+            persistence: persistence.clone(),
+            runs: runs.clone(),
+            lease: Duration::from_millis(config.executor.lease_ms),
+            config: config.executor.sweeper,
+            max_runs: config.executor.max_concurrent_runs,
+        };
+        let sweeping =
+            (options.sweep && config.executor.sweeper.interval_ms > 0).then(|| tokio::spawn(sweeper.clone().run()));
+        Ok(Executor { persistence, persistence_supervisor, runs, registry, agents_refresh, sweeper, sweeping, owner })
     }
 
     pub fn owner(&self) -> &str {
@@ -127,19 +143,41 @@ impl Executor {
         recorded.await.map_err(|_| ExecutorError::Stopped)
     }
 
+    /// Looks for orphaned runs once, now, and hands them to the run supervisor (what the sweeper
+    /// does every interval); answers how many it handed over.
+    pub async fn sweep_now(&self) -> usize {
+        self.sweeper.sweep_once().await
+    }
+
     pub async fn active_runs(&self) -> Result<usize, ExecutorError> {
         ractor::call!(self.runs, SupervisorMsg::ActiveRuns).map_err(|_| ExecutorError::Stopped)
     }
 
-    /// Stops the tree after every queued write has committed (or `grace` has passed).
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stops the tree after every queued write has committed (or `grace` has passed), then
+    /// releases this executor's leases on whatever did not finish, so that the next owner of those
+    /// runs takes them at once instead of waiting `executor.lease_ms` (CONTRACT.md §7.5).
+    ///
+    /// Takes `&self` because the executor is shared (the ingress, the API in `dev` mode): stopping
+    /// must not depend on being the last holder. Calling it again does nothing harmful.
+    pub async fn shutdown(&self, grace: Duration) {
         self.agents_refresh.abort();
+        if let Some(sweeping) = &self.sweeping {
+            sweeping.abort();
+        }
         let _ = self.runs.stop_and_wait(None, Some(grace)).await;
         if tokio::time::timeout(grace, self.persistence.flush()).await.is_err() {
             tracing::warn!(
                 pending = self.persistence.journal().len(),
                 "shutdown: writes still queued after the grace period"
             );
+        }
+        // Every RunActor is gone, so nothing of ours renews or writes these runs any more: the
+        // claim of the next executor may take them now.
+        match tokio::time::timeout(grace, self.persistence.release_leases(&self.owner)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(released)) => tracing::info!(released, "released the leases of unfinished runs"),
+            Ok(Err(error)) => tracing::warn!(%error, "could not release leases; they expire on their own"),
+            Err(_) => tracing::warn!("releasing leases took longer than the grace period; they expire on their own"),
         }
         let _ = self.persistence_supervisor.stop_and_wait(None, Some(grace)).await;
     }

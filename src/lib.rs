@@ -15,6 +15,7 @@
 //!   └─ dispatches to ─ run supervisor (renews the leases of its runs)
 //!        └─ RunActor, one per run ─ walks the plan
 //!             └─ StepActor, one per agent call attempt (linked; a crash is a failed attempt)
+//! sweeper (consume and dev) ─ hands the run supervisor runs that nothing else brings back
 //! persistence actor ─ the only code that writes the database, batching writes into transactions
 //! ```
 //!

@@ -259,6 +259,40 @@ async fn sigterm_drains_runs_in_flight_and_exits_zero() {
     setup.assert_all_completed_once(&runs).await;
 }
 
+/// A run still going when the grace period ends must not keep its lease: the next executor takes
+/// it over as soon as it is handed the request, not when a long lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_grace_releases_leases_and_the_next_executor_resumes_at_once() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let setup = setup().await;
+    // A lease far longer than the test may take: only a released lease lets the runs resume.
+    let long_lease = [("RUNVISOR__EXECUTOR__LEASE_MS", "120000"), ("RUNVISOR__EXECUTOR__SHUTDOWN_GRACE_MS", "200")];
+    let runs = setup.publish("released", 4, 1500).await;
+    let leaving = setup.executor_with("leaving", &long_lease);
+    let running = "SELECT count(*) FROM workflow_runs WHERE status = 'RUNNING'";
+    setup.wait_for("runs in flight", running, 4, Duration::from_secs(60)).await;
+    let status = tokio::task::spawn_blocking(move || leaving.terminate()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "a graceful stop exits 0");
+
+    let unfinished = setup.db.query("SELECT run_id FROM workflow_runs WHERE status = 'RUNNING'").await;
+    assert!(!unfinished.is_empty(), "with a 200 ms grace and 4.5 s runs, some runs must still be going");
+    let leased = setup
+        .number(
+            "SELECT count(*) FROM workflow_runs WHERE status = 'RUNNING' \
+             AND lease_expires_at > now() AT TIME ZONE 'UTC'",
+        )
+        .await;
+    assert_eq!(leased, 0, "every unfinished run's lease is released at SIGTERM");
+
+    let _next = setup.executor_with("next", &long_lease);
+    setup.wait_for_completed_runs(4).await;
+    setup.assert_all_completed_once(&runs).await;
+    // Resumed "at once": well inside the lease the leaving executor would otherwise have held.
+    let late =
+        setup.number("SELECT count(*) FROM workflow_runs WHERE completed_at - created_at > interval '60 s'").await;
+    assert_eq!(late, 0, "a run waited for the leaving executor's lease to expire");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_batch_loses_nothing() {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -86,7 +86,7 @@ async fn requests_run_once_garbage_goes_to_the_dlq_and_cancellations_apply() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let monitoring = MonitoringSink::new(producer.clone(), config.kafka.monitoring_topic.clone());
     let sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(ChannelSink(tx)), Arc::new(monitoring)];
-    let options = ExecutorOptions { events: Some(Arc::new(Fanout(sinks))), tap: None };
+    let options = ExecutorOptions { events: Some(Arc::new(Fanout(sinks))), tap: None, sweep: false };
     let executor = Arc::new(Executor::start(&config, db.db.clone(), options).await.unwrap());
     let member = GroupMember::start(&broker, &config, Arc::clone(&executor)).await.unwrap();
 

@@ -183,3 +183,123 @@ async fn agents_from_the_table_are_callable_and_a_platform_pending_row_is_taken_
         assert_eq!(steps.len(), 2);
     }
 }
+
+/// A run row as a dead executor (or the API) left it, `age` ago.
+fn stranded_run(
+    run_id: &str,
+    status: RunStatus,
+    plan: Option<Value>,
+    definition: Option<uuid::Uuid>,
+    lease_expired: chrono::TimeDelta,
+) -> entity::workflow_run::ActiveModel {
+    let now = chrono::Utc::now().naive_utc();
+    let owned = status == RunStatus::Running;
+    entity::workflow_run::ActiveModel {
+        run_id: Set(run_id.into()),
+        workflow_id: Set("wf".into()),
+        workflow_name: Set("stranded".into()),
+        workflow_definition_id: Set(definition),
+        status: Set(status),
+        input_data: Set(json!({"x": 7})),
+        triggered_by: Set(Some("test".into())),
+        created_at: Set(now - chrono::TimeDelta::hours(2)),
+        updated_at: Set(now - lease_expired),
+        owner_id: Set(owned.then(|| "dead-executor".to_string())),
+        lease_expires_at: Set(owned.then(|| now - lease_expired)),
+        workflow_plan: Set(plan),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn orphaned_runs_resume_from_what_they_stored_or_fail_saying_why_and_live_ones_are_left_alone() {
+    let two_steps = plan(
+        "a",
+        json!({
+            "a": {"agent_name": "echo", "input_mapping": {"x": "${workflow.input.x}"}, "next_step": "b"},
+            "b": {"agent_name": "echo", "input_mapping": {"y": "${a.output.x}"}}
+        }),
+    );
+    let hour = chrono::TimeDelta::hours(1);
+    for db in TestDb::each().await {
+        let db = db.migrated().await;
+        let backend = db.backend();
+        let now = chrono::Utc::now().naive_utc();
+        let definition = uuid::Uuid::new_v4();
+        entity::workflow_definition::ActiveModel {
+            id: Set(definition),
+            name: Set("stored".into()),
+            version: Set(1),
+            workflow_data: Set(two_steps.clone()),
+            status: Set("active".into()),
+            created_at: Set(now),
+            updated_at: Set(now),
+            ..Default::default()
+        }
+        .insert(&db.db)
+        .await
+        .unwrap();
+        // Killed after step a completed and while b was being called.
+        stranded_run("killed", RunStatus::Running, Some(two_steps.clone()), None, hour).insert(&db.db).await.unwrap();
+        for (step, status, output) in
+            [("a", StepStatus::Completed, Some(json!({"x": 7}))), ("b", StepStatus::Running, None)]
+        {
+            entity::step_execution::ActiveModel {
+                id: Set(runvisor::actors::run::attempt_row_id("killed", "", step, 1)),
+                run_id: Set("killed".into()),
+                step_id: Set(step.into()),
+                step_name: Set("echo".into()),
+                agent_name: Set("echo".into()),
+                status: Set(status),
+                input_data: Set(if step == "a" { json!({"x": 7}) } else { json!({"y": 7}) }),
+                output_data: Set(output),
+                started_at: Set(now - hour),
+                completed_at: Set((status == StepStatus::Completed).then_some(now - hour)),
+                attempt: Set(1),
+                retry_round: Set(0),
+                ..Default::default()
+            }
+            .insert(&db.db)
+            .await
+            .unwrap();
+        }
+        // Inserted by an API whose request never reached a broker.
+        stranded_run("unpublished", RunStatus::Pending, None, Some(definition), hour).insert(&db.db).await.unwrap();
+        stranded_run("planless", RunStatus::Running, None, None, hour).insert(&db.db).await.unwrap();
+        // A lease held now, and one that expired a moment ago: not orphans.
+        stranded_run("held", RunStatus::Running, Some(two_steps.clone()), None, -hour).insert(&db.db).await.unwrap();
+        let moment = chrono::TimeDelta::seconds(1);
+        stranded_run("recent", RunStatus::Running, Some(two_steps.clone()), None, moment).insert(&db.db).await.unwrap();
+
+        let mut test = db.executor(&test_config()).await;
+        assert_eq!(test.executor.sweep_now().await, 3, "{backend:?}");
+        let mut ended = std::collections::HashMap::new();
+        while ended.len() < 3 {
+            if let Some(runvisor::actors::events::Event::Run { run_id, status, error, .. }) = test.events.recv().await
+                && status.is_terminal()
+            {
+                ended.insert(run_id, (status, error));
+            }
+        }
+        assert_eq!(ended["killed"].0, RunStatus::Completed, "{backend:?}: {:?}", ended["killed"]);
+        assert_eq!(ended["unpublished"].0, RunStatus::Completed, "{backend:?}: {:?}", ended["unpublished"]);
+        let (status, error) = &ended["planless"];
+        assert_eq!(*status, RunStatus::Failed);
+        assert!(error.as_deref().unwrap_or("").contains("neither a workflow_plan nor a workflow_definition_id"));
+
+        let (run, steps) = test.executor.persistence().load_run("killed").await.unwrap().unwrap();
+        assert_eq!(run.output_data, Some(json!({"y": 7})), "{backend:?}");
+        let calls = |step: &str| steps.iter().filter(|s| s.step_id == step).map(|s| s.status).collect::<Vec<_>>();
+        assert_eq!(calls("a"), [StepStatus::Completed], "{backend:?}: a completed call is never made again");
+        let b = calls("b");
+        assert_eq!(b.len(), 2, "{backend:?}: the call cut off is ended and made again: {b:?}");
+        assert!(b.contains(&StepStatus::Completed) && b.contains(&StepStatus::Failed), "{backend:?}: {b:?}");
+
+        for left_alone in ["held", "recent"] {
+            let (run, steps) = test.executor.persistence().load_run(left_alone).await.unwrap().unwrap();
+            assert_eq!((run.status, run.owner_id.as_deref()), (RunStatus::Running, Some("dead-executor")));
+            assert!(steps.is_empty(), "{backend:?}: {left_alone}");
+        }
+        assert_eq!(test.executor.sweep_now().await, 0, "{backend:?}: nothing orphaned is left");
+    }
+}

@@ -184,6 +184,13 @@ pub enum ReadRequest {
         owner: String,
         reply: RpcReplyPort<Result<u64, PersistError>>,
     },
+    /// Runs nobody has touched since `cutoff`: RUNNING with a lease that expired before it, or
+    /// PENDING and not updated since (the sweeper's candidates), oldest first, at most `limit`.
+    Orphans {
+        cutoff: NaiveDateTime,
+        limit: u64,
+        reply: RpcReplyPort<Result<Vec<workflow_run::Model>, PersistError>>,
+    },
     /// Records the partitions `owner` holds in each consumer group until `until`, and answers, per
     /// group in the same order, the partitions that live members (this one included) hold.
     Membership {
@@ -448,6 +455,11 @@ impl PersistenceHandle {
 
     pub async fn release_leases(&self, owner: &str) -> Result<u64, PersistError> {
         self.read(|reply| ReadRequest::Release { owner: owner.to_string(), reply }).await
+    }
+
+    /// See [`ReadRequest::Orphans`].
+    pub async fn orphans(&self, cutoff: NaiveDateTime, limit: u64) -> Result<Vec<workflow_run::Model>, PersistError> {
+        self.read(|reply| ReadRequest::Orphans { cutoff, limit, reply }).await
     }
 
     /// See [`ReadRequest::Membership`].
@@ -848,6 +860,21 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
                 .map(|r| r.rows_affected)
                 .map_err(read_error);
             let _ = reply.send(released);
+        }
+        ReadRequest::Orphans { cutoff, limit, reply } => {
+            use workflow_run::Column as C;
+            let running = C::Status
+                .eq(RunStatus::Running)
+                .and(C::LeaseExpiresAt.lt(cutoff).or(C::LeaseExpiresAt.is_null().and(C::UpdatedAt.lt(cutoff))));
+            let pending = C::Status.eq(RunStatus::Pending).and(C::UpdatedAt.lt(cutoff));
+            let found = workflow_run::Entity::find()
+                .filter(running.or(pending))
+                .order_by_asc(C::UpdatedAt)
+                .limit(limit)
+                .all(db)
+                .await
+                .map_err(read_error);
+            let _ = reply.send(found);
         }
         ReadRequest::Membership { owner, until, held, reply } => {
             let live = (|| report_membership(db, &owner, until, &held))

@@ -448,6 +448,14 @@ impl RunState {
     }
 }
 
+/// The `step_executions.id` of attempt `attempt` of the call of `step_id` at `call_path` (empty
+/// for a step of the plan's main chain) in run `run_id`: deterministic, so that whoever resumes
+/// a run finds the attempts recorded before.
+pub fn attempt_row_id(run_id: &str, call_path: &str, step_id: &str, attempt: u32) -> String {
+    let key = format!("{run_id}\n{call_path}/{step_id}\n{attempt}");
+    Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()).to_string()
+}
+
 /// Expression scope at one exec.
 struct View<'a> {
     state: &'a RunState,
@@ -636,8 +644,7 @@ impl RunState {
     /// The id of attempt `attempt` of the call of `step_id` at `call_path`: deterministic, so a
     /// successor finds the attempts an earlier owner recorded.
     fn attempt_row_id(&self, call_path: &str, step_id: &str, attempt: u32) -> String {
-        let key = format!("{}\n{call_path}/{step_id}\n{attempt}", self.run_id);
-        Uuid::new_v5(&Uuid::NAMESPACE_OID, key.as_bytes()).to_string()
+        attempt_row_id(&self.run_id, call_path, step_id, attempt)
     }
 
     /// Before the first attempt of a call in a resumed run: reuses a completed attempt's output,

@@ -549,32 +549,31 @@ impl GroupMember {
     }
 
     /// Graceful stop (CONTRACT.md §7.5): take no new requests, let runs in flight finish within
-    /// `grace`, commit what is handled, leave the group. Runs still going stay RUNNING with their
-    /// leases released, and the next owner of their partitions resumes them.
+    /// `grace`, release the leases of runs still going, commit what is handled, leave the group.
+    ///
+    /// The order matters. Leases are released *before* the group is left: the partitions' next
+    /// owner is handed the unfinished runs' requests (their offsets were never committed) as soon
+    /// as the rebalance ends, and a claim that finds a live lease waits for it to expire.
     pub async fn stop(self, grace: Duration) {
         let drained = tokio::time::timeout(grace, async { ractor::call!(self.ingress, IngressMsg::Drain) }).await;
         if drained.is_err() {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
-                "runs still in flight after the grace period; they resume elsewhere"
+                "runs still in flight after the grace period; their leases are released and they resume elsewhere"
             );
         }
         self.stop.send_replace(true);
         for poll in self.polls {
             let _ = poll.await;
         }
+        self.executor.shutdown(grace).await;
+        // The ingress stores the offsets of runs that ended meanwhile before it stops.
+        let _ = self.ingress.stop_and_wait(None, Some(grace)).await;
         for consumer in &self.consumers {
             if let Err(error) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(%error, "final commit");
             }
             consumer.unsubscribe();
-        }
-        // The actor's state holds the executor too: wait until it is dropped, so that this is the
-        // last reference and the executor can be shut down (its leases released).
-        let _ = self.ingress.stop_and_wait(None, Some(grace)).await;
-        match Arc::try_unwrap(self.executor) {
-            Ok(executor) => executor.shutdown(grace).await,
-            Err(_) => tracing::warn!("the executor is still shared; not shutting it down"),
         }
         // Closing a consumer whose group assignment is still pending can block for ever inside
         // librdkafka (librdkafka#4041, rust-rdkafka#509): a SIGTERM right after start would then

@@ -22,7 +22,7 @@ impl ExecutorNode {
     pub async fn start(config: &Config, broker: &Broker, db: DatabaseConnection) -> anyhow::Result<ExecutorNode> {
         let monitoring = producer(broker, &config.kafka)?;
         let events = Arc::new(MonitoringSink::new(monitoring, config.kafka.monitoring_topic.clone()));
-        let options = ExecutorOptions { events: Some(events), tap: None };
+        let options = ExecutorOptions { events: Some(events), tap: None, sweep: true };
         let executor = Arc::new(Executor::start(config, db, options).await?);
         tracing::info!(owner = executor.owner(), brokers = broker.bootstrap(), group = %config.kafka.group_id, "consuming");
         let member = GroupMember::start(broker, config, executor).await?;

@@ -16,6 +16,9 @@ pub use metrics_exporter_prometheus::PrometheusHandle as Handle;
 pub const RUNS_STARTED: &str = "runvisor_runs_started_total";
 /// Runs that ended, by `status` (COMPLETED, FAILED, CANCELLED).
 pub const RUNS_FINISHED: &str = "runvisor_runs_finished_total";
+/// Orphaned runs the sweeper handed back to the run supervisor (each is then claimed, or found
+/// held or ended elsewhere).
+pub const RUNS_SWEPT: &str = "runvisor_runs_swept_total";
 /// From the run's start on this executor to its terminal commit, by `status`.
 pub const RUN_DURATION: &str = "runvisor_run_duration_seconds";
 /// Agent call attempts that ended, by `agent` and `status`.
@@ -83,6 +86,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(RUNS_STARTED, "Runs that started executing");
     describe_counter!(RUNS_FINISHED, "Runs that ended, by status");
+    describe_counter!(RUNS_SWEPT, "Orphaned runs the sweeper handed back for resumption");
     describe_histogram!(RUN_DURATION, metrics::Unit::Seconds, "Run duration on this executor, by status");
     describe_counter!(ATTEMPTS, "Agent call attempts that ended, by agent and status");
     describe_histogram!(ATTEMPT_DURATION, metrics::Unit::Seconds, "Agent call attempt duration, by agent");

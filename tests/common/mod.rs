@@ -153,7 +153,7 @@ impl TestDb {
     pub async fn executor(&self, config: &Config) -> TestExecutor {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (tap, spawned) = mpsc::unbounded_channel();
-        let options = ExecutorOptions { events: Some(Arc::new(ChannelSink(events_tx))), tap: Some(tap) };
+        let options = ExecutorOptions { events: Some(Arc::new(ChannelSink(events_tx))), tap: Some(tap), sweep: false };
         let executor = Executor::start(config, self.db.clone(), options).await.expect("executor starts");
         TestExecutor { executor, events, spawned }
     }
