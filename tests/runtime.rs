@@ -303,3 +303,46 @@ async fn orphaned_runs_resume_from_what_they_stored_or_fail_saying_why_and_live_
         assert_eq!(test.executor.sweep_now().await, 0, "{backend:?}: nothing orphaned is left");
     }
 }
+
+/// A zombie: an executor whose run was claimed by another (its lease ran out while it could not
+/// reach the database) gets none of its later writes in, and stops its copy at the first.
+#[tokio::test]
+async fn once_another_executor_claims_a_run_nothing_its_old_owner_writes_lands() {
+    let two_steps = plan(
+        "slow",
+        json!({
+            "slow": {"agent_name": "sleep", "input_mapping": {"ms": 300}, "next_step": "after"},
+            "after": {"agent_name": "echo", "input_mapping": {"x": 1}}
+        }),
+    );
+    for db in TestDb::each().await {
+        let db = db.migrated().await;
+        let backend = db.backend();
+        let mut test = db.executor(&test_config()).await;
+        let outcome = test.executor.submit(request("zombie", two_steps.clone(), json!({}))).unwrap();
+        // The slow call is under way (its RUNNING row committed): now another executor claims
+        // the run, as its claim would after the lease expired.
+        loop {
+            if let Some(runvisor::actors::events::Event::Attempt { step_id, status: StepStatus::Running, .. }) =
+                test.events.recv().await
+                && step_id == "slow"
+            {
+                break;
+            }
+        }
+        db.db
+            .execute_unprepared("UPDATE workflow_runs SET owner_id = 'successor' WHERE run_id = 'zombie'")
+            .await
+            .unwrap();
+        let outcome = outcome.await.unwrap();
+        assert_eq!(outcome.disposition, runvisor::actors::run::Disposition::Abandoned, "{backend:?}: {outcome:?}");
+        let (run, steps) = test.executor.persistence().load_run("zombie").await.unwrap().unwrap();
+        assert_eq!((run.status, run.owner_id.as_deref()), (RunStatus::Running, Some("successor")), "{backend:?}");
+        let summary: Vec<(&str, StepStatus)> = steps.iter().map(|s| (s.step_id.as_str(), s.status)).collect();
+        assert_eq!(
+            summary,
+            [("slow", StepStatus::Running)],
+            "{backend:?}: the old owner's end of the call and its next step are fenced off"
+        );
+    }
+}

@@ -321,11 +321,14 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
                 loop_iteration_index: None,
                 attempt: 1,
                 retry_round: 0,
+                owner: "me".into(),
             }))
         };
         let end = |id: &str, status| {
             WriteOp::AttemptEnded(Box::new(AttemptEnd {
                 id: id.into(),
+                run_id: String::new(),
+                owner: "me".into(),
                 status,
                 output: Some(json!({"n": 2})),
                 error: None,
@@ -359,16 +362,29 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
             start("api-made", "b1"),
             end("b1", StepStatus::Failed),
             WriteOp::Run(Box::new(RunWrite { output: Some(json!({"n": 2})), ..run("new", RunStatus::Completed) })),
-            // Not ours: the run's owner guards it.
-            WriteOp::Run(Box::new(run("held", RunStatus::Failed))),
         ]
         .map(|op| handle.write_deferred(op, None));
+        // Not ours: fenced off, answered so, and the rest of the batch still lands.
+        let fenced = [WriteOp::Run(Box::new(run("held", RunStatus::Failed))), start("held", "h1")]
+            .map(|op| handle.write_deferred(op, None));
         let mut claimed = Vec::new();
         for claim in claims {
             claimed.push(claim.await.unwrap().unwrap());
         }
         for write in writes {
             write.await.unwrap().unwrap();
+        }
+        for write in fenced {
+            let refused = write.await.unwrap();
+            assert_eq!(
+                refused,
+                Err(runvisor::actors::persistence::PersistError::Fenced {
+                    run_id: "held".into(),
+                    holder: "other".into()
+                }),
+                "{:?}",
+                test_db.backend()
+            );
         }
         assert_eq!(claimed, vec![1, 1, 0], "{:?}: new and API-made runs are won, a held one is not", test_db.backend());
         assert_eq!(handle.journal().stats().transactions - before.transactions, 1, "one batch");

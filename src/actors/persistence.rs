@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 mod batch;
+mod fence;
 
 use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
@@ -119,12 +120,17 @@ pub struct AttemptStart {
     pub attempt: i32,
     /// The run's retry round (its `retry_count` when this executor claimed it).
     pub retry_round: i32,
+    /// The executor writing: fenced off once another one has claimed the run.
+    pub owner: String,
 }
 
 /// The end of an attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptEnd {
     pub id: String,
+    pub run_id: String,
+    /// The executor writing: fenced off once another one has claimed the run.
+    pub owner: String,
     pub status: StepStatus,
     pub output: Option<Value>,
     pub error: Option<String>,
@@ -139,6 +145,8 @@ pub enum WriteOp {
     /// Ends every RUNNING attempt of a run: used when the actor that owned them is gone.
     AbandonAttempts {
         run_id: String,
+        /// The executor writing: fenced off once another one has claimed the run.
+        owner: String,
         status: StepStatus,
         message: String,
         at: NaiveDateTime,
@@ -160,6 +168,10 @@ pub enum PersistError {
     Unavailable,
     #[error("database read failed: {0}")]
     Read(String),
+    /// The run is another executor's now (it claimed the run after this one's lease expired):
+    /// nothing of this write landed, and the writer must stop its copy of the run.
+    #[error("run '{run_id}' was taken over by executor '{holder}'; this executor's write was not applied")]
+    Fenced { run_id: String, holder: String },
 }
 
 /// A run with its attempts, as stored.
@@ -210,8 +222,11 @@ pub enum PersistMsg {
     Read(ReadRequest),
 }
 
+/// What became of one write: committed (with the rows it changed), or not applied and why.
+type Outcome = Result<u64, PersistError>;
+
 /// Told once a write is committed (with the rows it changed), or rejected.
-type Ack = oneshot::Sender<Result<u64, PersistError>>;
+type Ack = oneshot::Sender<Outcome>;
 
 /// A write queued without waiting: it is settled (committed or rejected) by the time any write
 /// queued after it is acknowledged, since the journal commits in order.
@@ -310,7 +325,7 @@ impl Journal {
             queue.iter().for_each(|p| commit(&p.op));
             queue.len()
         };
-        acknowledge(self, count, Ok(&vec![1; count]));
+        acknowledge(self, vec![Ok(1); count]);
     }
 }
 
@@ -583,7 +598,7 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
             state.isolating = false;
             journal.transactions.fetch_add(1, Ordering::Relaxed);
             journal.committed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-            acknowledge(&journal, batch.len(), Ok(&changed));
+            acknowledge(&journal, changed);
         }
         Err(error) if is_transient(&error) => {
             journal.transient_failures.fetch_add(1, Ordering::Relaxed);
@@ -599,7 +614,7 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
         }
         Err(error) => {
             tracing::error!(%error, op = ?batch[0], "the database rejected a write; it is dropped and its writer told");
-            acknowledge(&journal, 1, Err(PersistError::Rejected(error.to_string())));
+            acknowledge(&journal, vec![Err(PersistError::Rejected(error.to_string()))]);
         }
     }
     let queued = journal.len();
@@ -609,16 +624,16 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
     }
 }
 
-/// Removes the first `count` writes, reporting their events if they committed and answering
-/// their writers (`changed`: the rows each write changed).
-fn acknowledge(journal: &Journal, count: usize, changed: Result<&[u64], PersistError>) {
-    let done: Vec<Pending> = journal.lock().drain(..count).collect();
-    for (index, pending) in done.into_iter().enumerate() {
-        if let (Some(event), Ok(_)) = (pending.event, &changed) {
+/// Removes the first `outcomes.len()` writes, reporting the events of those that committed and
+/// answering their writers.
+fn acknowledge(journal: &Journal, outcomes: Vec<Outcome>) {
+    let done: Vec<Pending> = journal.lock().drain(..outcomes.len()).collect();
+    for (pending, outcome) in done.into_iter().zip(outcomes) {
+        if let (Some(event), Ok(_)) = (pending.event, &outcome) {
             journal.events.emit(event);
         }
         if let Some(ack) = pending.ack {
-            let _ = ack.send(changed.clone().map(|rows| rows.get(index).copied().unwrap_or(0)));
+            let _ = ack.send(outcome);
         }
     }
 }
@@ -642,23 +657,41 @@ fn retry_delays() -> ExponentialBackoff {
         .build()
 }
 
-/// Commits `batch` in one transaction; answers the rows each write changed.
-async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<u64>, DbErr> {
+/// Commits `batch` in one transaction; answers what became of each write: the rows it changed,
+/// or [`PersistError::Fenced`] for a write of a run another executor has claimed since (checked
+/// in the same transaction, see [`fence`]), which is left out.
+async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<Outcome>, DbErr> {
     if batch.iter().all(|op| matches!(**op, WriteOp::Barrier)) {
-        return Ok(vec![0; batch.len()]);
+        return Ok(vec![Ok(0); batch.len()]);
     }
     let txn = db.begin().await?;
-    let changed = if db.get_database_backend() == sea_orm::DbBackend::Postgres && batch::can_group(batch) {
-        batch::apply_grouped(&txn, batch).await?
+    let holders = fence::holders(&txn, batch).await?;
+    let mut outcomes: Vec<Outcome> = vec![Ok(0); batch.len()];
+    let mut live = Vec::with_capacity(batch.len());
+    for (index, op) in batch.iter().enumerate() {
+        match fence::fenced_by(op, &holders) {
+            Some(holder) => {
+                let run_id = fence::writer(op).map(|(run_id, _)| run_id.to_string()).unwrap_or_default();
+                outcomes[index] = Err(PersistError::Fenced { run_id, holder: holder.to_string() });
+            }
+            None => live.push((index, Arc::clone(op))),
+        }
+    }
+    let ops: Vec<Arc<WriteOp>> = live.iter().map(|(_, op)| Arc::clone(op)).collect();
+    let changed = if db.get_database_backend() == sea_orm::DbBackend::Postgres && batch::can_group(&ops) {
+        batch::apply_grouped(&txn, &ops).await?
     } else {
-        let mut changed = Vec::with_capacity(batch.len());
-        for op in batch {
+        let mut changed = Vec::with_capacity(ops.len());
+        for op in &ops {
             changed.push(apply(&txn, op).await?);
         }
         changed
     };
     txn.commit().await?;
-    Ok(changed)
+    for ((index, _), rows) in live.into_iter().zip(changed) {
+        outcomes[index] = Ok(rows);
+    }
+    Ok(outcomes)
 }
 
 /// The row a [`RunWrite`] upserts.
@@ -799,7 +832,7 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
                 .await?
                 .rows_affected
         }
-        WriteOp::AbandonAttempts { run_id, status, message, at } => {
+        WriteOp::AbandonAttempts { run_id, status, message, at, .. } => {
             use step_execution::Column as C;
             step_execution::Entity::update_many()
                 .col_expr(C::Status, Expr::value(status.as_str()))
@@ -1068,12 +1101,15 @@ mod tests {
             loop_iteration_index: None,
             attempt: 1,
             retry_round: 0,
+            owner: "me".into(),
         }))
     }
 
     pub(super) fn end(id: &str, status: StepStatus) -> WriteOp {
         WriteOp::AttemptEnded(Box::new(AttemptEnd {
             id: id.into(),
+            run_id: String::new(),
+            owner: "me".into(),
             status,
             output: None,
             error: None,

@@ -361,7 +361,8 @@ impl Actor for RunActor {
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
-        state.on_message(&myself, message).instrument(span).await
+        let handled = state.on_message(&myself, message).instrument(span).await;
+        state.unless_fenced(&myself, handled)
     }
 
     async fn handle_supervisor_evt(
@@ -371,11 +372,28 @@ impl Actor for RunActor {
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
-        state.on_step_exit(&myself, event).instrument(span).await
+        let handled = state.on_step_exit(&myself, event).instrument(span).await;
+        state.unless_fenced(&myself, handled)
     }
 }
 
 impl RunState {
+    /// A write refused because another executor has claimed the run since (see
+    /// `persistence::fence`): this copy stops here, writing nothing more, and its StepActors die
+    /// with it. Any other error is this actor's failure, which its supervisor records.
+    fn unless_fenced(
+        &mut self,
+        myself: &ActorRef<RunMsg>,
+        handled: Result<(), ActorProcessingErr>,
+    ) -> Result<(), ActorProcessingErr> {
+        let Err(error) = handled else { return Ok(()) };
+        let Some(PersistError::Fenced { holder, .. }) = error.downcast_ref::<PersistError>() else { return Err(error) };
+        self.span.in_scope(
+            || tracing::warn!(%holder, "run taken over by another executor; stopping this copy without writing"),
+        );
+        self.stop_without_writing(myself, RunStatus::Running, None, None, Disposition::Abandoned)
+    }
+
     async fn on_message(&mut self, myself: &ActorRef<RunMsg>, message: RunMsg) -> Result<(), ActorProcessingErr> {
         if self.done {
             return Ok(());
@@ -673,6 +691,8 @@ impl RunState {
                     let message = "the executor running this call was lost".to_string();
                     let end = AttemptEnd {
                         id: row_id,
+                        run_id: self.run_id.clone(),
+                        owner: self.deps.owner.clone(),
                         status: StepStatus::Failed,
                         output: None,
                         error: Some(message.clone()),
@@ -973,9 +993,13 @@ impl RunState {
             loop_iteration_index: ctx.loop_index.map(|i| i as i32),
             attempt: attempt as i32,
             retry_round: self.retry_round,
+            owner: self.deps.owner.clone(),
         };
         let event = self.attempt_event(id, StepStatus::Running, None);
         if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await {
+            if matches!(e, PersistError::Fenced { .. }) {
+                return Err(e.into());
+            }
             let message = step_failed(&step_id, agent.name(), format!("cannot record the attempt: {e}"));
             self.queue.push_back(Action::Finish(id, Err(message)));
             return Ok(());
@@ -1029,7 +1053,15 @@ impl RunState {
             Ok(output) => (StepStatus::Completed, Some(output.clone()), None),
             Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
         };
-        let end = AttemptEnd { id: call.row_id.clone(), status, output, error: error.clone(), at: Self::now() };
+        let end = AttemptEnd {
+            id: call.row_id.clone(),
+            run_id: self.run_id.clone(),
+            owner: self.deps.owner.clone(),
+            status,
+            output,
+            error: error.clone(),
+            at: Self::now(),
+        };
         record_attempt(call, status);
         // Counted against the policy: the attempts since the run was last retried.
         let attempt = call.attempt - call.before_retry;
@@ -1211,6 +1243,8 @@ impl RunState {
             record_attempt(call, StepStatus::Cancelled);
             let end = AttemptEnd {
                 id: call.row_id.clone(),
+                run_id: self.run_id.clone(),
+                owner: self.deps.owner.clone(),
                 status: StepStatus::Cancelled,
                 output: None,
                 error: Some(reason.to_string()),
@@ -1252,6 +1286,7 @@ impl RunState {
             let lost = "the executor running this call was lost".to_string();
             let abandon = WriteOp::AbandonAttempts {
                 run_id: self.run_id.clone(),
+                owner: self.deps.owner.clone(),
                 status: StepStatus::Failed,
                 message: lost,
                 at: Self::now(),

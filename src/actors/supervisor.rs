@@ -223,6 +223,7 @@ impl Actor for RunSupervisor {
         let (workflow_id, workflow_name) = run.request.identity();
         let abandon = WriteOp::AbandonAttempts {
             run_id: run_id.clone(),
+            owner: state.deps.owner.clone(),
             status: StepStatus::Failed,
             message: message.clone(),
             at: now,
@@ -252,8 +253,11 @@ impl Actor for RunSupervisor {
             error: Some(message.clone()),
         };
         tokio::spawn(async move {
-            if let Err(error) = persistence.write_and_report(fail, event).await {
-                tracing::error!(%run_id, %error, "could not record the failure of a crashed run");
+            match persistence.write_and_report(fail, event).await {
+                Ok(()) => {}
+                // Its new owner carries it on: nothing to record here.
+                Err(error @ super::persistence::PersistError::Fenced { .. }) => tracing::warn!(%run_id, %error),
+                Err(error) => tracing::error!(%run_id, %error, "could not record the failure of a crashed run"),
             }
             let outcome = RunOutcome {
                 run_id,

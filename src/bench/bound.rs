@@ -84,9 +84,18 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
                 loop_iteration_index: None,
                 attempt: 1,
                 retry_round: 0,
+                owner: "bench-bound".into(),
             };
             handle.write_later(WriteOp::AttemptStarted(Box::new(start)), None);
-            let end = AttemptEnd { id, status: StepStatus::Completed, output: Some(input), error: None, at: now() };
+            let end = AttemptEnd {
+                id,
+                run_id: run_id.clone(),
+                owner: "bench-bound".into(),
+                status: StepStatus::Completed,
+                output: Some(input),
+                error: None,
+                at: now(),
+            };
             handle.write_later(WriteOp::AttemptEnded(Box::new(end)), None);
         }
         handle.write_later(run(&run_id, RunStatus::Completed), None);
