@@ -120,6 +120,9 @@ pub struct ExecutorConfig {
     /// How often the agent registry re-reads the `agents` table (an unknown name also makes it
     /// look at once), so agents added or edited through the API are called without a restart.
     pub agents_refresh_ms: u64,
+    /// The most an HTTP agent's answer may weigh; a larger one fails the attempt as it arrives.
+    /// Under `executor`, not `agents`, because `agents.<name>` is the namespace of agent names.
+    pub max_agent_response_bytes: usize,
     /// This executor's name in `workflow_runs.owner_id`; empty = generated at start (unique per
     /// process, so a restarted executor never mistakes a dead one's claims for its own).
     pub owner_id: String,
@@ -460,6 +463,9 @@ impl Config {
             out.push(format!("executor.lease_ms = {}: must be ≥ 1000", exec.lease_ms));
         }
         at_least_one(&mut out, "executor.agents_refresh_ms", exec.agents_refresh_ms);
+        if exec.max_agent_response_bytes < 1024 {
+            out.push(format!("executor.max_agent_response_bytes = {}: must be ≥ 1024", exec.max_agent_response_bytes));
+        }
         if exec.owner_id.len() > 64 {
             out.push(format!("executor.owner_id = {:?}: must be at most 64 characters", exec.owner_id));
         }

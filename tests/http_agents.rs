@@ -332,3 +332,141 @@ async fn max_concurrency_limits_calls_in_flight_across_a_parallel_block() {
     assert_eq!(outcome.status, RunStatus::Completed, "{:?}", outcome.error);
     assert_eq!(gauge.peak.load(Ordering::SeqCst), 2);
 }
+
+/// How a hostile agent answers, written byte by byte on a raw socket (what a well-behaved HTTP
+/// server library will not do).
+#[derive(Clone, Copy)]
+enum Hostile {
+    /// 100 MB of a JSON string, chunked, with no length announced.
+    Huge,
+    /// Announces 1,000 bytes, sends 10, then holds the connection open.
+    NeverFinishes,
+    /// Announces 1,000 bytes, sends 10, then closes the connection.
+    ClosesMidAnswer,
+    /// A well-formed JSON-RPC answer to another request.
+    OtherId,
+}
+
+/// A one-behaviour agent on a free port; counts the body bytes it managed to send.
+async fn hostile_agent(behaviour: Hostile) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/agent", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let sent = Arc::clone(&counter);
+            tokio::spawn(async move {
+                // The request: headers, then as many body bytes as Content-Length says.
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                let body_start = loop {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..body_start]).to_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |value| value.trim().parse().unwrap());
+                while request.len() < body_start + length {
+                    let n = socket.read(&mut buffer).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..n]);
+                }
+                let body: Value = serde_json::from_slice(&request[body_start..]).unwrap();
+                match behaviour {
+                    Hostile::Huge => {
+                        let head =
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
+                        if socket.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+                        let first = format!("1\r\n\"\r\n{chunk}");
+                        let _ = socket.write_all(first.as_bytes()).await;
+                        for _ in 0..(100 * 1024 * 1024 / (64 * 1024)) {
+                            if socket.write_all(chunk.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            sent.fetch_add(64 * 1024, Ordering::Relaxed);
+                        }
+                    }
+                    Hostile::NeverFinishes | Hostile::ClosesMidAnswer => {
+                        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+                        let _ = socket.write_all(format!("{head}{{\"status\":").as_bytes()).await;
+                        sent.fetch_add(10, Ordering::Relaxed);
+                        if let Hostile::NeverFinishes = behaviour {
+                            // Held until the client gives up and closes its end.
+                            let _ = socket.read(&mut buffer).await;
+                        }
+                    }
+                    Hostile::OtherId => {
+                        let answer =
+                            completed(&json!(format!("not-{}", body["id"].as_str().unwrap())), "hi").to_string();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                            answer.len()
+                        );
+                        let _ = socket.write_all(format!("{head}{answer}").as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, sent)
+}
+
+#[tokio::test]
+async fn hostile_agents_fail_their_attempt_with_a_clear_error_and_memory_stays_bounded() {
+    use std::sync::atomic::Ordering;
+    let mut config = Config::defaults();
+    config.executor.max_agent_response_bytes = 1024 * 1024;
+    let mut sent = HashMap::new();
+    for (name, behaviour, protocol) in [
+        ("Huge", Hostile::Huge, AgentProtocol::Simple),
+        ("Stuck", Hostile::NeverFinishes, AgentProtocol::Simple),
+        ("Hangup", Hostile::ClosesMidAnswer, AgentProtocol::Simple),
+        ("Impostor", Hostile::OtherId, AgentProtocol::Jsonrpc),
+    ] {
+        let (url, bytes) = hostile_agent(behaviour).await;
+        config.agents.insert(name.into(), AgentConfig { timeout_ms: 500, ..agent(url, protocol) });
+        sent.insert(name, bytes);
+    }
+    let (base, _) = start_server().await;
+    config.agents.insert("Honest".into(), agent(format!("{base}/simple/ok"), AgentProtocol::Simple));
+
+    let huge = call(&config, "Huge", json!({})).await.unwrap_err();
+    assert_eq!(
+        huge,
+        StepFailure::Permanent(
+            "agent 'Huge' answered more than 1048576 bytes (executor.max_agent_response_bytes); the answer was dropped"
+                .into()
+        )
+    );
+    // The executor hung up after about the limit; the rest of the 100 MB was never read. (The
+    // agent may have pushed a few MB more into socket buffers before it noticed.)
+    let pushed = sent["Huge"].load(Ordering::Relaxed);
+    assert!(pushed < 50 * 1024 * 1024, "the agent sent {pushed} bytes: the answer was read past the limit");
+
+    let stuck = call(&config, "Stuck", json!({})).await.unwrap_err();
+    assert_eq!(stuck, StepFailure::Retryable("agent 'Stuck' timed out after 500 ms".into()));
+    let hangup = call(&config, "Hangup", json!({})).await.unwrap_err();
+    assert!(hangup.is_retryable() && hangup.message().starts_with("agent 'Hangup' broke off its answer"), "{hangup}");
+    let impostor = call(&config, "Impostor", json!({})).await.unwrap_err();
+    assert!(!impostor.is_retryable(), "{impostor}");
+    assert!(impostor.message().contains("answered JSON-RPC request id \"not-attempt-row-1\""), "{impostor}");
+    // And the executor is none the worse: the next agent answers as usual.
+    assert!(call(&config, "Honest", json!({"n": 1})).await.is_ok());
+}

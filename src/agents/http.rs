@@ -25,6 +25,9 @@ pub struct HttpAgent {
     /// The header carrying credentials, if any: (name, value).
     pub auth_header: Option<(String, String)>,
     pub client: reqwest::Client,
+    /// `executor.max_agent_response_bytes`: a larger answer is dropped as it arrives, so one
+    /// agent cannot take the executor's memory.
+    pub max_response_bytes: usize,
 }
 
 /// The header an agent's `auth_type`/`auth_config` asks for.
@@ -56,7 +59,7 @@ impl HttpAgent {
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        let text = self.read_body(response).await?;
         if !status.is_success() {
             let message = format!("agent '{}' answered HTTP {}: {}", self.name, status.as_u16(), excerpt(&text));
             let retryable = status.is_server_error()
@@ -68,14 +71,43 @@ impl HttpAgent {
             StepFailure::Permanent(format!("agent '{}' sent a malformed response ({e}): {}", self.name, excerpt(&text)))
         })?;
         match self.protocol {
-            AgentProtocol::Jsonrpc => jsonrpc_output(&self.name, reply),
+            AgentProtocol::Jsonrpc => jsonrpc_output(&self.name, &task_id, reply),
             AgentProtocol::Simple => simple_output(&self.name, reply),
         }
+    }
+
+    /// The body as text, read chunk by chunk up to `max_response_bytes`: an agent that answers
+    /// more is cut off there (without buffering the rest), and one that stops mid-answer or never
+    /// finishes fails like a lost connection or a time-out (the request's timeout covers the body).
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<String, StepFailure> {
+        let limit = self.max_response_bytes;
+        let too_large = || {
+            StepFailure::Permanent(format!(
+                "agent '{}' answered more than {limit} bytes (executor.max_agent_response_bytes); the answer was dropped",
+                self.name
+            ))
+        };
+        if response.content_length().is_some_and(|declared| declared > limit as u64) {
+            return Err(too_large());
+        }
+        let mut body = Vec::with_capacity(response.content_length().unwrap_or(0) as usize);
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).map_err(|e| {
+            StepFailure::Permanent(format!("agent '{}' sent a response that is not UTF-8 ({e})", self.name))
+        })
     }
 
     fn transport_error(&self, error: reqwest::Error) -> StepFailure {
         if error.is_timeout() {
             StepFailure::Retryable(format!("agent '{}' timed out after {} ms", self.name, self.timeout.as_millis()))
+        } else if error.is_body() || error.is_decode() {
+            // The answer started and broke off (connection closed or reset mid-body): may pass.
+            StepFailure::Retryable(format!("agent '{}' broke off its answer: {}", self.name, error_chain(&error)))
         } else {
             // Connection refused, reset, DNS: all may pass.
             StepFailure::Retryable(format!(
@@ -140,11 +172,20 @@ fn text_parts(parts: Option<&Value>) -> Vec<String> {
 }
 
 /// The output of a completed A2A task: `result` plus `text`, `response`, `task_id`, `context_id`.
-fn jsonrpc_output(agent: &str, reply: Value) -> Result<Value, StepFailure> {
+/// An answer to another request (an `id` that is not ours) is refused: it is not this call's result.
+fn jsonrpc_output(agent: &str, request_id: &str, reply: Value) -> Result<Value, StepFailure> {
     if let Some(error) = reply.get("error").filter(|e| !e.is_null()) {
         let code = error.get("code").map(ToString::to_string).unwrap_or_else(|| "?".into());
         let message = error.get("message").and_then(Value::as_str).unwrap_or("no message");
         return Err(StepFailure::Permanent(format!("agent '{agent}' returned JSON-RPC error {code}: {message}")));
+    }
+    // A missing id is tolerated (agents written against the platform's executor, which never
+    // looked); another one is not.
+    let answered = reply.get("id").unwrap_or(&Value::Null);
+    if !answered.is_null() && answered.as_str() != Some(request_id) {
+        return Err(StepFailure::Permanent(format!(
+            "agent '{agent}' answered JSON-RPC request id {answered}, not this call's \"{request_id}\"; the answer was dropped"
+        )));
     }
     let Some(Value::Object(result)) = reply.get("result") else {
         return Err(StepFailure::Permanent(format!(
@@ -223,7 +264,7 @@ mod tests {
                 {"role": "agent", "parts": [{"kind": "text", "text": "new"}]}
             ]
         }});
-        let output = jsonrpc_output("A", reply).unwrap();
+        let output = jsonrpc_output("A", "t1", reply).unwrap();
         assert_eq!(output["text"], "a\nb");
         assert_eq!(output["response"], "new");
         assert_eq!(output["task_id"], "task-9");
@@ -233,14 +274,29 @@ mod tests {
 
     #[test]
     fn jsonrpc_failures_are_permanent() {
-        let error = jsonrpc_output("A", json!({"error": {"code": -32601, "message": "no such method"}})).unwrap_err();
+        let error =
+            jsonrpc_output("A", "t1", json!({"error": {"code": -32601, "message": "no such method"}})).unwrap_err();
         assert_eq!(error, StepFailure::Permanent("agent 'A' returned JSON-RPC error -32601: no such method".into()));
         let failed = jsonrpc_output(
             "A",
+            "t1",
             json!({"result": {"status": {"state": "failed", "message": {"parts": [{"kind": "text", "text": "quota"}]}}}}),
         );
         assert_eq!(failed.unwrap_err(), StepFailure::Permanent("agent 'A' task ended in state 'failed': quota".into()));
-        assert!(jsonrpc_output("A", json!({"result": 5})).is_err());
+        assert!(jsonrpc_output("A", "t1", json!({"result": 5})).is_err());
+        let error = jsonrpc_output("A", "t1", reply_with_id(json!("t2"))).unwrap_err();
+        assert_eq!(
+            error,
+            StepFailure::Permanent(
+                "agent 'A' answered JSON-RPC request id \"t2\", not this call's \"t1\"; the answer was dropped".into()
+            )
+        );
+        assert!(jsonrpc_output("A", "t1", reply_with_id(json!(1))).is_err(), "a number is another id too");
+        assert!(jsonrpc_output("A", "t1", reply_with_id(Value::Null)).is_ok(), "a missing id is tolerated");
+    }
+
+    fn reply_with_id(id: Value) -> Value {
+        json!({"jsonrpc": "2.0", "id": id, "result": {"id": "task", "status": {"state": "completed"}}})
     }
 
     #[test]

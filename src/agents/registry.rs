@@ -115,6 +115,7 @@ fn build(name: &str, agent: &AgentConfig, config: &Config, client: &reqwest::Cli
             timeout: Duration::from_millis(agent.timeout_ms),
             auth_header: auth_header(agent.auth_type, &auth_config),
             client: client.clone(),
+            max_response_bytes: config.executor.max_agent_response_bytes,
         }),
         retry: agent.retry_config.unwrap_or(config.executor.retry),
         breaker: Some(CircuitBreaker::new(agent.circuit_breaker.unwrap_or(config.executor.circuit_breaker))),
