@@ -65,6 +65,7 @@
 //! - [`config`]: layered, validated settings (defaults → TOML → `RUNVISOR__…` env vars);
 //! - [`db`]: connecting to the database and applying the schema (`migration` crate);
 //! - [`report`]: run summaries for the command line;
+//! - [`faults`]: fault injection at chosen points, compiled in only with the `buggify` feature;
 //! - [`wording`]: type names and "did you mean" in words people read.
 
 pub mod actors;
@@ -75,6 +76,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod executor;
+pub mod faults;
 pub mod kafka;
 pub mod modes;
 pub mod observability;

@@ -221,6 +221,7 @@ async fn entities_round_trip_and_the_contract_queries_run() {
             join_policy: Set(None),
             loop_iteration_index: Set(Some(3)),
             attempt: Set(2),
+            executor_id: Set(Some("executor-1".into())),
         };
         let inserted_step = step.insert(&db.db).await.unwrap();
 

@@ -35,6 +35,9 @@ pub struct Model {
     /// The run's `retry_count` when this attempt started (runvisor's column): a retried run counts
     /// only the current round's attempts against a call's retry policy.
     pub retry_round: i32,
+    /// The executor that made this attempt (runvisor's column; `workflow_runs.owner_id` at the
+    /// time): runs move between executors, and their history says whose each attempt was.
+    pub executor_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -14,6 +14,7 @@ mod m20261127_000001_create_tables;
 mod m20261127_000002_run_leases;
 mod m20261127_000003_group_members;
 mod m20261202_000004_api;
+mod m20261202_000005_attempt_executor;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_run_leases::Migration),
             Box::new(m20261127_000003_group_members::Migration),
             Box::new(m20261202_000004_api::Migration),
+            Box::new(m20261202_000005_attempt_executor::Migration),
         ]
     }
 }

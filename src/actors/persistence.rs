@@ -735,6 +735,7 @@ fn attempt_row(attempt: &AttemptStart) -> step_execution::ActiveModel {
         loop_iteration_index: Set(attempt.loop_iteration_index),
         attempt: Set(attempt.attempt),
         retry_round: Set(attempt.retry_round),
+        executor_id: Set(Some(attempt.owner.clone())),
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use crate::agents::{AgentHandle, CallContext, StepFailure};
+use crate::faults::{self, Point};
 
 #[derive(Debug)]
 pub struct StepActor;
@@ -49,16 +50,30 @@ impl Actor for StepActor {
         let args = &state.args;
         let context = &args.context;
         let span = tracing::info_span!("attempt", run_id = %context.run_id, step_id = %context.step_id, attempt = context.attempt);
+        if faults::fire(Point::StepBeforeCall) {
+            return killed(&myself, "before its call").await;
+        }
         let result = async {
             let _permit = args.global_limit.acquire().await?;
             Ok::<_, ActorProcessingErr>(args.agent.call(&args.input, context).await)
         }
         .instrument(span)
         .await?;
+        if faults::fire(Point::StepAfterCall) {
+            return killed(&myself, "after its call, losing the result").await;
+        }
         state.result = Some(result);
         myself.stop(None);
         Ok(())
     }
+}
+
+/// Kills this StepActor from inside (fault injection): the kill ends this handler too, so the
+/// RunActor sees exactly what an outside kill produces.
+async fn killed(myself: &ActorRef<()>, when: &str) -> Result<(), ActorProcessingErr> {
+    tracing::warn!("fault injected: StepActor killed {when}");
+    myself.kill();
+    std::future::pending().await
 }
 
 #[cfg(test)]
