@@ -321,7 +321,9 @@ async fn once_another_executor_claims_a_run_nothing_its_old_owner_writes_lands()
         let mut test = db.executor(&test_config()).await;
         let outcome = test.executor.submit(request("zombie", two_steps.clone(), json!({}))).unwrap();
         // The slow call is under way (its RUNNING row committed): now another executor claims
-        // the run, as its claim would after the lease expired.
+        // the run, as its claim would after the lease expired. No lease renewal of this executor
+        // has succeeded yet (the first comes a third of the 15 s lease after its start), so its
+        // writes are checked, as they are once renewals have failed for a while (a zombie).
         loop {
             if let Some(runvisor::actors::events::Event::Attempt { step_id, status: StepStatus::Running, .. }) =
                 test.events.recv().await

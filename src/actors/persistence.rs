@@ -20,7 +20,7 @@
 //! error and dropped, so one bad write cannot stall everyone else's.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -261,6 +261,9 @@ pub struct Journal {
     committed: AtomicU64,
     /// Commits that met a passing database error and were tried again later.
     transient_failures: AtomicU64,
+    /// Until when (Unix ms) no other executor can have claimed any run of this one, so writes need
+    /// no owner check (see [`fence`]); 0 until the first lease renewal succeeds.
+    fence_free_until_ms: AtomicI64,
 }
 
 /// What the journal has done so far: batching and the database's health, as an operator reads them.
@@ -293,6 +296,7 @@ impl Journal {
             transactions: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             transient_failures: AtomicU64::new(0),
+            fence_free_until_ms: AtomicI64::new(0),
         }
     }
 
@@ -558,7 +562,7 @@ impl Actor for PersistenceActor {
                 state.waiting_to_retry = false;
                 flush_one_batch(&myself, state).await;
             }
-            PersistMsg::Read(request) => answer(&state.args.db, request).await,
+            PersistMsg::Read(request) => answer(&state.args.db, &state.args.journal, request).await,
         }
         Ok(())
     }
@@ -590,7 +594,8 @@ async fn flush_one_batch(myself: &ActorRef<PersistMsg>, state: &mut PersistenceS
     }
 
     let started = Instant::now();
-    match commit(&state.args.db, &batch).await {
+    let check_owners = chrono::Utc::now().timestamp_millis() >= journal.fence_free_until_ms.load(Ordering::Acquire);
+    match commit(&state.args.db, &batch, check_owners).await {
         Ok(changed) => {
             metrics::histogram!(names::COMMIT_DURATION).record(started.elapsed().as_secs_f64());
             metrics::histogram!(names::BATCH_SIZE).record(batch.len() as f64);
@@ -660,12 +665,15 @@ fn retry_delays() -> ExponentialBackoff {
 /// Commits `batch` in one transaction; answers what became of each write: the rows it changed,
 /// or [`PersistError::Fenced`] for a write of a run another executor has claimed since (checked
 /// in the same transaction, see [`fence`]), which is left out.
-async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>]) -> Result<Vec<Outcome>, DbErr> {
+///
+/// `check_owners` is false while this executor's leases are known to be fresh: no claim by another
+/// executor can have happened then, and the check (a locking read per transaction) is skipped.
+async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>], check_owners: bool) -> Result<Vec<Outcome>, DbErr> {
     if batch.iter().all(|op| matches!(**op, WriteOp::Barrier)) {
         return Ok(vec![Ok(0); batch.len()]);
     }
     let txn = db.begin().await?;
-    let holders = fence::holders(&txn, batch).await?;
+    let holders = if check_owners { fence::holders(&txn, batch).await? } else { Default::default() };
     let mut outcomes: Vec<Outcome> = vec![Ok(0); batch.len()];
     let mut live = Vec::with_capacity(batch.len());
     for (index, op) in batch.iter().enumerate() {
@@ -849,7 +857,7 @@ async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
     })
 }
 
-async fn answer(db: &DatabaseConnection, request: ReadRequest) {
+async fn answer(db: &DatabaseConnection, journal: &Journal, request: ReadRequest) {
     let read_error = |e: DbErr| PersistError::Read(e.to_string());
     match request {
         ReadRequest::Agents(port) => {
@@ -879,7 +887,11 @@ async fn answer(db: &DatabaseConnection, request: ReadRequest) {
             let _ = port.send(claimed.map_err(read_error));
         }
         ReadRequest::Renew { owner, until, runs, reply } => {
+            let asked = chrono::Utc::now().naive_utc();
             let renewed = (|| renew(db, &owner, until, &runs)).retry(contention_delays()).when(is_transient).await;
+            if renewed.is_ok() {
+                journal.fence_free_until_ms.store(fence::free_until(asked, until), Ordering::Release);
+            }
             let _ = reply.send(renewed.map_err(read_error));
         }
         ReadRequest::Release { owner, reply } => {
