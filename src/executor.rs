@@ -86,6 +86,7 @@ impl Executor {
             registry: Arc::clone(&registry),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: options.tap,
+            plans: Default::default(),
         });
         let (runs, _) = Actor::spawn(None, RunSupervisor, deps).await?;
         let sweeper = Sweeper {

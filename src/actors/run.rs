@@ -38,6 +38,7 @@ use super::persistence::{
 use super::step::{StepActor, StepArgs, StepState};
 use crate::agents::{AgentHandle, AgentRegistry, CallContext, LiveRegistry, StepFailure};
 use crate::observability::metrics as names;
+use crate::plan::cache::PlanCache;
 use crate::plan::expr::{LoopFrame, Scope};
 use crate::plan::model::{JoinPolicy, LoopMode, OnError};
 use crate::plan::{AgentCatalog, Plan, StepKind, condition, mapping, validate};
@@ -57,6 +58,8 @@ pub struct RunDeps {
     pub step_limit: Arc<Semaphore>,
     /// Test and chaos hook: told about every actor a run spawns.
     pub tap: Option<tokio::sync::mpsc::UnboundedSender<Spawned>>,
+    /// Plans already validated, shared by the runs of one workflow.
+    pub plans: PlanCache<AgentRegistry>,
 }
 
 /// An actor a run spawned, for observers that need to reach it (the chaos tests kill them).
@@ -606,7 +609,7 @@ impl RunState {
             self.refresh_registry_for(document).await;
         }
         let plan = document.and_then(|document| {
-            validate::validate(&document, self.registry.as_ref()).map_err(|invalid| invalid.to_string())
+            self.deps.plans.validate(&document, &self.registry).map_err(|invalid| invalid.to_string())
         });
         let plan = match plan {
             Ok(plan) => plan,
@@ -616,7 +619,7 @@ impl RunState {
         self.deps.persistence.report(self.run_event(RunStatus::Running, None));
         metrics::counter!(names::RUNS_STARTED).increment(1);
         let main_chain = plan.main_chain.clone();
-        self.plan = Some(Arc::new(plan));
+        self.plan = Some(plan);
         let root = self.add_exec(
             None,
             String::new(),

@@ -109,6 +109,7 @@ impl Harness {
             registry: Arc::new(crate::agents::LiveRegistry::new(config, AgentRegistry::new(config, &[]))),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: Some(tap),
+            plans: Default::default(),
         });
         let (supervisor, _) = Actor::spawn(None, RunSupervisor, deps).await.unwrap();
         Harness { supervisor, log, events, spawned }

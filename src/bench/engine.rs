@@ -64,6 +64,7 @@ impl Engine {
             registry: Arc::new(LiveRegistry::new(config, AgentRegistry::new(config, &[]))),
             step_limit: Arc::new(Semaphore::new(config.executor.max_parallel_steps)),
             tap: None,
+            plans: Default::default(),
         });
         let (supervisor, _) = Actor::spawn(None, RunSupervisor, deps).await?;
         Ok(Engine { supervisor, store, started })

@@ -10,6 +10,7 @@
 //! Nothing here performs I/O or knows about actors: the run actor asks these modules what a step
 //! needs and what a value is, and they answer from plain data.
 
+pub mod cache;
 pub mod condition;
 pub mod expr;
 pub mod lint;
