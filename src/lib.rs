@@ -49,7 +49,8 @@
 //! - [`actors`]: the supervisors, RunActor, StepActor, persistence actor, and run events;
 //! - [`executor`]: the tree started and wired, with a small API to submit runs;
 //! - [`agents`]: built-in and HTTP agents, retry policies, circuit breakers, the live registry;
-//! - [`plan`]: the plan model, validation, the `${…}` language, input mapping and conditions;
+//! - [`plan`]: the plan model, validation (and a cache of validated plans), the `${…}` language,
+//!   input mapping and conditions;
 //! - [`kafka`]: the transport: ingress actor and poll loop, offsets, group health, producers, the
 //!   embedded broker;
 //! - [`wire`]: the messages on the topics, shared by the API, Kafka and the actors, and
