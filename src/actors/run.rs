@@ -443,10 +443,15 @@ impl RunState {
         event: SupervisionEvent,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, result) = match event {
-            SupervisionEvent::ActorTerminated(cell, Some(mut exit_state), _) => {
+            SupervisionEvent::ActorTerminated(cell, Some(mut exit_state), reason) => {
                 let result = match exit_state.take::<StepState>() {
                     Ok(StepState { result: Some(result), .. }) => result,
-                    _ => Err(StepFailure::Retryable("StepActor stopped without a result".into())),
+                    // A kill while the call was under way (or just after it returned) leaves the
+                    // state without a result: say so, as the kill's reason.
+                    _ => Err(StepFailure::Retryable(match reason {
+                        Some(reason) => format!("StepActor was {reason} before it recorded a result"),
+                        None => "StepActor stopped without a result".into(),
+                    })),
                 };
                 (cell, result)
             }
