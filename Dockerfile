@@ -35,7 +35,7 @@ WORKDIR /src
 # without a .dockerignore), and edits to docs or tests do not invalidate this layer. A new workspace
 # member or a new include_str!/include_bytes! source outside these paths must be added here
 # (tests/deployment.rs checks both).
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock askama.toml ./
 COPY config ./config
 COPY examples ./examples
 COPY entity ./entity

@@ -56,6 +56,7 @@
 //! - [`wire`]: the messages on the topics, shared by the API, Kafka and the actors, and
 //!   depending on none of them;
 //! - [`api`]: the HTTP routes, one file per resource, thin over [`service`];
+//! - [`dashboard`]: the run dashboard in the browser, server-rendered pages under `/ui`;
 //! - [`service`]: queries and commands on workflows, agents and runs (shared by the API and the CLI),
 //!   the outbox, audit rows, validation of request fields;
 //! - [`modes`]: the composition root: `consume`, `api`, `dev` assembled from the parts above;
@@ -75,6 +76,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod executor;
 pub mod faults;

@@ -111,7 +111,8 @@ pub fn router(state: ApiState) -> Router {
     let api = if prefix.is_empty() { resources } else { Router::new().nest(&prefix, resources) };
     let openapi = docs::openapi(&prefix);
     Router::new()
-        .route("/", get(system::root))
+        .route("/", get(crate::dashboard::root))
+        .merge(crate::dashboard::router())
         .route("/health", get(system::health))
         .route("/health/ready", get(system::ready))
         .route("/metrics", get(system::metrics))

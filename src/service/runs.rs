@@ -9,7 +9,8 @@ use chrono::NaiveDateTime;
 use entity::{RunStatus, StepStatus, step_execution, workflow_run};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -180,20 +181,45 @@ pub async fn list(
 ) -> Result<Page<RunResponse>, ServiceError> {
     use workflow_run::Column as C;
     let order = sort_order(filter.sort_order.as_deref());
-    let mut select = workflow_run::Entity::find()
+    let select = workflow_run::Entity::find()
         .order_by(sort_column(filter.sort_by.as_deref()), order.clone())
         .order_by(C::RunId, order);
-    if let Some(status) = filter.status {
-        // A status that is no RunStatus matches nothing (the platform compares strings).
-        match status_named(&status) {
-            Some(status) => select = select.filter(C::Status.eq(status)),
-            None => return Ok(Page::new(Vec::new(), 0, page)),
-        }
+    let Some(select) = filtered(select, &filter) else { return Ok(Page::new(Vec::new(), 0, page)) };
+    Ok(page::fetch(db, select, page).await?.map(RunResponse::from))
+}
+
+/// How many runs match `filter` (its status aside), per status, in the contract's order of statuses:
+/// the dashboard's counts, true over the whole table rather than one page.
+pub async fn status_counts(db: &DatabaseConnection, filter: &RunFilter) -> Result<Vec<(RunStatus, u64)>, ServiceError> {
+    use workflow_run::Column as C;
+    let filter = RunFilter { status: None, ..filter.clone() };
+    let select = workflow_run::Entity::find()
+        .select_only()
+        .column(C::Status)
+        .column_as(C::RunId.count(), "n")
+        .group_by(C::Status);
+    let Some(select) = filtered(select, &filter) else { return Ok(Vec::new()) };
+    let rows: Vec<(RunStatus, i64)> = select.into_tuple().all(db).await?;
+    let counts: Vec<(RunStatus, u64)> = <RunStatus as sea_orm::Iterable>::iter()
+        .map(|status| (status, rows.iter().find(|(s, _)| *s == status).map_or(0, |(_, n)| *n as u64)))
+        .collect();
+    Ok(counts)
+}
+
+/// `select` narrowed by `filter`; `None` when nothing can match (a status that is no RunStatus: the
+/// platform compares strings, so it matches nothing rather than failing).
+fn filtered(
+    mut select: sea_orm::Select<workflow_run::Entity>,
+    filter: &RunFilter,
+) -> Option<sea_orm::Select<workflow_run::Entity>> {
+    use workflow_run::Column as C;
+    if let Some(status) = &filter.status {
+        select = select.filter(C::Status.eq(status_named(status)?));
     }
-    if let Some(workflow_id) = filter.workflow_id {
-        select = select.filter(C::WorkflowId.eq(workflow_id));
+    if let Some(workflow_id) = &filter.workflow_id {
+        select = select.filter(C::WorkflowId.eq(workflow_id.as_str()));
     }
-    if let Some(workflow) = filter.workflow {
+    if let Some(workflow) = &filter.workflow {
         select = select.filter(C::WorkflowId.eq(workflow.as_str()).or(C::WorkflowName.eq(workflow.as_str())));
     }
     if let Some(id) = filter.workflow_definition_id {
@@ -205,7 +231,7 @@ pub async fn list(
     if let Some(before) = filter.created_before {
         select = select.filter(C::CreatedAt.lte(before));
     }
-    Ok(page::fetch(db, select, page).await?.map(RunResponse::from))
+    Some(select)
 }
 
 fn status_named(name: &str) -> Option<RunStatus> {
