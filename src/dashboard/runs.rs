@@ -172,7 +172,8 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<RunsQuery>)
 }
 
 fn row(run: runs::RunResponse) -> Row {
-    let parse = |text: &str| chrono::DateTime::parse_from_rfc3339(text).ok();
+    // The API's timestamps: naive UTC, with microseconds when there are any.
+    let parse = |text: &str| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok();
     let took = match (parse(&run.created_at), run.completed_at.as_deref().and_then(parse)) {
         (Some(start), Some(end)) => duration((end - start).num_milliseconds()),
         _ => String::new(),
@@ -201,6 +202,30 @@ fn duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_run_shows_how_long_it_took() {
+        let run = runs::RunResponse {
+            id: "r".into(),
+            run_id: "r".into(),
+            workflow_id: "w".into(),
+            workflow_name: "w".into(),
+            workflow_definition_id: None,
+            status: "COMPLETED".into(),
+            input_data: None,
+            triggered_by: None,
+            created_at: "2026-12-02T14:27:31.730354".into(),
+            updated_at: "2026-12-02T14:27:33".into(),
+            completed_at: Some("2026-12-02T14:27:33".into()),
+            cancelled_at: None,
+            cancelled_by: None,
+            error_message: None,
+            output_data: None,
+            retry_count: 0,
+        };
+        let row = row(run);
+        assert_eq!((row.took.as_str(), row.created_at.as_str()), ("1.3 s", "2026-12-02 14:27:31"));
+    }
 
     #[test]
     fn durations_read_as_people_say_them() {
