@@ -87,7 +87,7 @@ async fn the_runs_page_in_a_browser_filters_by_status_from_its_counts() {
     assert_eq!(rows.len(), 2, "both runs listed");
     save_screenshot("runs-desktop", &browser.screenshot().await.unwrap());
 
-    // The FAILED count is a link to the failed runs, reached from the keyboard as a person would.
+    // The FAILED count is a link to the failed runs.
     let failed = browser.find(Locator::Css(r#".counts a.status-FAILED"#)).await.unwrap();
     failed.click().await.unwrap();
     browser.wait().for_url(&format!("{}/ui/runs?status=FAILED", api.base).parse().unwrap()).await.unwrap();
