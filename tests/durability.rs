@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ExecutorProcess, Tansu, TestDb, plan};
+use common::{ExecutorProcess, Tansu, TestDb, plan, restart_postgres};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runvisor::config::Config;
 use runvisor::kafka::Broker;
@@ -305,21 +305,6 @@ async fn a_broker_restart_mid_batch_loses_nothing() {
     runs.extend(setup.publish_range("broker", 20..30, 300).await);
     setup.wait_for_completed_runs(30).await;
     setup.assert_all_completed_once(&runs).await;
-}
-
-/// Restarts the local PostgreSQL cluster (the one `.ci/run` starts) with `pg_ctlcluster`.
-fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a Debian PostgreSQL cluster")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .max()
-        .unwrap();
-    let status = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .expect("pg_ctlcluster runs");
-    assert!(status.success(), "PostgreSQL restarted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,7 +31,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{ExecutorProcess, Tansu, TestDb, plan};
+use common::{ExecutorProcess, Tansu, TestDb, plan, restart_postgres};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use runvisor::config::Config;
 use runvisor::kafka::Broker;
@@ -240,21 +240,6 @@ const SCHEDULE: [(f64, Fault); 10] = [
     (0.80, Fault::Terminate(0)),
     (0.88, Fault::Kill(2)),
 ];
-
-/// Restarts the local PostgreSQL cluster (the one `.ci/run` starts) with `pg_ctlcluster`.
-fn restart_postgres() {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("a Debian PostgreSQL cluster")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .max()
-        .unwrap();
-    let status = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
-        .status()
-        .expect("pg_ctlcluster runs");
-    assert!(status.success(), "PostgreSQL restarted");
-}
 
 async fn count(db: &TestDb, sql: &str) -> i64 {
     use sea_orm::{FromQueryResult, JsonValue, Statement};

@@ -184,6 +184,21 @@ pub fn plan(start: &str, steps: serde_json::Value) -> serde_json::Value {
     serde_json::json!({"name": "test-plan", "start_step": start, "steps": steps})
 }
 
+/// Restarts the local PostgreSQL cluster (the one `.ci/run` starts) with `pg_ctlcluster`.
+pub fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("a Debian PostgreSQL cluster")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .max()
+        .unwrap();
+    let status = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .status()
+        .expect("pg_ctlcluster runs");
+    assert!(status.success(), "PostgreSQL restarted");
+}
+
 /// A tansu broker process of one test, on a free port, storing in SQLite in its own directory.
 /// Found at `RUNVISOR_TEST_TANSU`, else on PATH or in ~/.cargo/bin; `.ci/run` installs it.
 pub struct Tansu {
