@@ -674,32 +674,35 @@ async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>], check_owners: b
     }
     let txn = db.begin().await?;
     let holders = if check_owners { fence::holders(&txn, batch).await? } else { Default::default() };
-    let mut outcomes: Vec<Outcome> = vec![Ok(0); batch.len()];
-    let mut live = Vec::with_capacity(batch.len());
-    for (index, op) in batch.iter().enumerate() {
-        match fence::fenced_by(op, &holders) {
-            Some(holder) => {
-                let run_id = fence::writer(op).map(|(run_id, _)| run_id.to_string()).unwrap_or_default();
-                outcomes[index] = Err(PersistError::Fenced { run_id, holder: holder.to_string() });
-            }
-            None => live.push((index, Arc::clone(op))),
-        }
-    }
-    let ops: Vec<Arc<WriteOp>> = live.iter().map(|(_, op)| Arc::clone(op)).collect();
-    let changed = if db.get_database_backend() == sea_orm::DbBackend::Postgres && batch::can_group(&ops) {
-        batch::apply_grouped(&txn, &ops).await?
+    // The writes that land: the whole batch, unless some are fenced off (then copied without them).
+    let fenced: Vec<Option<&str>> = batch.iter().map(|op| fence::fenced_by(op, &holders)).collect();
+    let live: std::borrow::Cow<'_, [Arc<WriteOp>]> = if fenced.iter().all(Option::is_none) {
+        std::borrow::Cow::Borrowed(batch)
     } else {
-        let mut changed = Vec::with_capacity(ops.len());
-        for op in &ops {
+        batch.iter().zip(&fenced).filter(|(_, by)| by.is_none()).map(|(op, _)| Arc::clone(op)).collect()
+    };
+    let changed = if db.get_database_backend() == sea_orm::DbBackend::Postgres && batch::can_group(&live) {
+        batch::apply_grouped(&txn, &live).await?
+    } else {
+        let mut changed = Vec::with_capacity(live.len());
+        for op in live.iter() {
             changed.push(apply(&txn, op).await?);
         }
         changed
     };
     txn.commit().await?;
-    for ((index, _), rows) in live.into_iter().zip(changed) {
-        outcomes[index] = Ok(rows);
-    }
-    Ok(outcomes)
+    let mut changed = changed.into_iter();
+    Ok(batch
+        .iter()
+        .zip(fenced)
+        .map(|(op, by)| match by {
+            Some(holder) => Err(PersistError::Fenced {
+                run_id: fence::writer(op).map(|(run_id, _)| run_id.to_string()).unwrap_or_default(),
+                holder: holder.to_string(),
+            }),
+            None => Ok(changed.next().unwrap_or(0)),
+        })
+        .collect())
 }
 
 /// The row a [`RunWrite`] upserts.
