@@ -162,6 +162,9 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// When set, every route but `/health*` needs `Authorization: Bearer <token>`.
     pub auth_token: String,
+    /// How often the dashboard's live pages look for changes in the database (only while a page
+    /// is open): the delay a change may take to show.
+    pub live_poll_ms: u64,
     pub cors: CorsConfig,
 }
 

@@ -15,6 +15,7 @@ mod m20261127_000002_run_leases;
 mod m20261127_000003_group_members;
 mod m20261202_000004_api;
 mod m20261202_000005_attempt_executor;
+mod m20261202_000006_runs_updated_at;
 
 #[derive(Debug)]
 pub struct Migrator;
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000003_group_members::Migration),
             Box::new(m20261202_000004_api::Migration),
             Box::new(m20261202_000005_attempt_executor::Migration),
+            Box::new(m20261202_000006_runs_updated_at::Migration),
         ]
     }
 }

@@ -51,12 +51,32 @@ struct Inner {
     http: reqwest::Client,
     metrics: names::Handle,
     started: Instant,
+    /// What changed, for the dashboard's live pages.
+    live: Arc<crate::dashboard::live::LiveFeed>,
+    /// Turns true when the server begins to shut down: long-lived responses (event streams) end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ApiState {
-    pub fn new(db: DatabaseConnection, config: Config, publisher: Publisher, metrics: names::Handle) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        config: Config,
+        publisher: Publisher,
+        metrics: names::Handle,
+        live: Arc<crate::dashboard::live::LiveFeed>,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
-        Self(Arc::new(Inner { db, config, publisher, http, metrics, started: Instant::now() }))
+        Self(Arc::new(Inner { db, config, publisher, http, metrics, started: Instant::now(), live, stopping }))
+    }
+
+    pub fn live(&self) -> &Arc<crate::dashboard::live::LiveFeed> {
+        &self.0.live
+    }
+
+    /// Watches for the server's shutdown.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.0.stopping.clone()
     }
 
     pub fn db(&self) -> &DatabaseConnection {

@@ -1,6 +1,8 @@
-//! The API side of a process: the HTTP server and an outbox relay, on a listener it binds.
+//! The API side of a process: the HTTP server, its outbox relay and the dashboard's change feed,
+//! on a listener it binds.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,17 +12,19 @@ use tokio::task::JoinHandle;
 
 use crate::api::{ApiState, serve};
 use crate::config::Config;
+use crate::dashboard::live::LiveFeed;
 use crate::kafka::Broker;
 use crate::kafka::producer::Publisher;
 use crate::service::outbox::Relay;
 
-/// A running API server and its outbox relay.
+/// A running API server, its outbox relay and its change feed.
 #[derive(Debug)]
 pub struct ApiServer {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     relay: JoinHandle<()>,
+    feed: JoinHandle<()>,
 }
 
 impl ApiServer {
@@ -32,15 +36,19 @@ impl ApiServer {
         let addr = listener.local_addr()?;
         let publisher = publisher(config, broker)?;
         let metrics = crate::observability::metrics::install();
-        let state = ApiState::new(db.clone(), config.clone(), publisher.clone(), metrics);
         let stop = watch::Sender::new(false);
+        let live = Arc::new(LiveFeed::default());
+        let state =
+            ApiState::new(db.clone(), config.clone(), publisher.clone(), metrics, live.clone(), stop.subscribe());
         let mut stopped = stop.subscribe();
         let server = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         }));
+        let poll = Duration::from_millis(config.api.live_poll_ms.max(1));
+        let feed = tokio::spawn(live.run(db.clone(), poll, stop.subscribe()));
         let relay = tokio::spawn(Relay { db, publisher, config: config.outbox.clone() }.run(stop.subscribe()));
         tracing::info!(%addr, "API listening");
-        Ok(ApiServer { addr, stop, server, relay })
+        Ok(ApiServer { addr, stop, server, relay, feed })
     }
 
     /// Where it listens (the port is the OS's choice when `api.listen` says `:0`).
@@ -57,6 +65,7 @@ impl ApiServer {
             Ok(Ok(())) => {}
         }
         let _ = self.relay.await;
+        let _ = self.feed.await;
     }
 }
 

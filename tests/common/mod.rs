@@ -139,6 +139,8 @@ pub fn test_config() -> Config {
     let mut config = Config::defaults();
     config.executor.retry =
         RetryPolicy { max_retries: 3, initial_delay_ms: 1, max_delay_ms: 10, backoff_multiplier: 2.0 };
+    // The dashboard's live pages see changes within a tenth of a second.
+    config.api.live_poll_ms = 100;
     config
 }
 
