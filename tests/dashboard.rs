@@ -106,3 +106,131 @@ async fn browsers_get_the_dashboard_api_clients_the_json_root_and_assets_are_emb
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     api.stop().await;
 }
+
+/// Starts a workflow of one step calling `agent` with `input`; answers the run_id at once.
+async fn start_run(api: &TestApi, name: &str, agent: &str, input: serde_json::Value) -> String {
+    let plan = json!({"name": name, "start_step": "a", "steps": {"a": {"id": "a", "agent_name": agent, "input_mapping": input}}});
+    let id = api.post("/workflows", &plan).await.body["id"].as_str().unwrap().to_string();
+    let accepted = api.post(&format!("/workflows/{id}/execute"), &json!({"input_data": {}})).await;
+    assert_eq!(accepted.status, StatusCode::ACCEPTED, "{accepted:?}");
+    accepted.body["run_id"].as_str().unwrap().to_string()
+}
+
+/// A client that shows redirects instead of following them, as the forms' answers are checked.
+fn without_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_runs_page_shows_every_attempt_its_backoffs_and_the_error_and_retries_it() {
+    for db in TestDb::each().await {
+        let api = TestApi::start(db, |_| {}).await;
+        let backend = api.db.backend();
+        let run_id = run_to_end(&api, "breaks", "fail", json!({"message": "the ledger said no", "times": 100})).await;
+        let (status, html) = page(&api, &format!("/ui/runs/{run_id}")).await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}");
+        assert!(html.contains(r#"id="run-status">FAILED"#), "{backend:?}");
+        assert!(html.contains("the ledger said no"), "{backend:?}: the error is on the page");
+        // The test policy allows 3 attempts (the contract's max_retries counts attempts): all of
+        // one call, on one lane, with the 2 waits between them.
+        assert_eq!(html.matches(r#"class="bar bar-FAILED""#).count(), 3, "{backend:?}");
+        assert_eq!(html.matches(r#"<line class="gap""#).count(), 2, "{backend:?}");
+        assert_eq!(html.matches(r#"class="lane-label""#).count(), 1, "{backend:?}");
+        assert_eq!(html.matches("<details id=\"attempt-").count(), 3, "{backend:?}: each attempt's details");
+        assert!(html.contains(r#"id="retry""#) && !html.contains(r#"id="cancel""#), "{backend:?}");
+        assert!(!html.contains("sse-connect"), "{backend:?}: a finished run's page does not listen");
+
+        // The Retry form: refused from another origin, taken from the dashboard's own.
+        let client = without_redirects();
+        let form = api.url(&format!("/ui/runs/{run_id}/retry"));
+        let foreign = client.post(&form).header("origin", "https://elsewhere.example").send().await.unwrap();
+        assert_eq!(foreign.status(), StatusCode::FORBIDDEN, "{backend:?}");
+        let own = client.post(&form).header("origin", &api.base).send().await.unwrap();
+        assert_eq!(own.status(), StatusCode::SEE_OTHER, "{backend:?}");
+        assert_eq!(own.headers()[LOCATION].to_str().unwrap(), format!("/ui/runs/{run_id}"));
+        let (run, _) = api
+            .poll_run(&run_id, std::time::Duration::from_secs(60), |run| {
+                run["status"] == "FAILED" && run["retry_count"] == 1
+            })
+            .await;
+        assert_eq!(run["retry_count"], 1, "{backend:?}");
+        let (_, html) = page(&api, &format!("/ui/runs/{run_id}")).await;
+        assert_eq!(html.matches(r#"class="bar bar-FAILED""#).count(), 6, "{backend:?}: both rounds on the timeline");
+        assert!(html.contains("(round 2)"), "{backend:?}");
+        // A command the run's state does not allow is refused on the run's page, with the reason.
+        let cancel = client
+            .post(api.url(&format!("/ui/runs/{run_id}/cancel")))
+            .header("origin", &api.base)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancel.status(), StatusCode::CONFLICT, "{backend:?}");
+        let html = cancel.text().await.unwrap();
+        assert!(html.contains("Can only cancel pending or running workflows. Current status: FAILED"), "{backend:?}");
+
+        let (status, _) = page(&api, "/ui/runs/no-such-run").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{backend:?}");
+        api.stop().await;
+    }
+}
+
+/// Reads server-sent events from `response` until one named `name` arrives; fails after 20 s.
+async fn next_event(response: &mut reqwest::Response, name: &str) {
+    let wanted = format!("event: {name}\n");
+    let mut seen = String::new();
+    let read = async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if let Some(at) = seen.find(&wanted) {
+                // Consume through the end of that event.
+                if let Some(end) = seen[at..].find("\n\n") {
+                    seen.drain(..at + end + 2);
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(20), read).await;
+    assert!(matches!(got, Ok(true)), "no `{name}` event arrived");
+}
+
+#[tokio::test]
+async fn open_pages_hear_of_changes_cancel_works_and_streams_end_at_shutdown() {
+    for db in TestDb::each().await {
+        let api = TestApi::start(db, |_| {}).await;
+        let backend = api.db.backend();
+        let mut runs = api.client.get(api.url("/ui/events/runs")).send().await.unwrap();
+        assert_eq!(runs.headers()[CONTENT_TYPE], "text/event-stream", "{backend:?}");
+        next_event(&mut runs, "runs").await; // the one every stream opens with
+
+        // A new run is news to the Runs page.
+        let run_id = start_run(&api, "naps", "sleep", json!({"ms": 60_000})).await;
+        next_event(&mut runs, "runs").await;
+
+        // Its own page hears of its attempt, then of its cancellation.
+        let mut run = api.client.get(api.url(&format!("/ui/events/runs/{run_id}"))).send().await.unwrap();
+        next_event(&mut run, "run").await;
+        api.poll_run(&run_id, std::time::Duration::from_secs(30), |run| run["status"] == "RUNNING").await;
+        let (_, html) = page(&api, &format!("/ui/runs/{run_id}")).await;
+        assert!(html.contains(r#"id="cancel""#) && html.contains("sse-connect"), "{backend:?}: live, cancellable");
+        let cancelled = without_redirects()
+            .post(api.url(&format!("/ui/runs/{run_id}/cancel")))
+            .header("origin", &api.base)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancelled.status(), StatusCode::SEE_OTHER, "{backend:?}");
+        next_event(&mut run, "run").await;
+        let (done, _) = api.until_terminal(&run_id).await;
+        assert_eq!(done["status"], "CANCELLED", "{backend:?}");
+
+        // Shutting down does not wait for the open streams: they end.
+        tokio::time::timeout(std::time::Duration::from_secs(30), api.stop()).await.expect("the server stops");
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while let Ok(Some(_)) = runs.chunk().await {}
+        })
+        .await;
+        assert!(rest.is_ok(), "{backend:?}: the stream ended");
+    }
+}

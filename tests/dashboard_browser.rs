@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::TestDb;
 use common::api::TestApi;
 use fantoccini::{ClientBuilder, Locator};
+use runvisor::config::RetryPolicy;
 use serde_json::json;
 
 /// A chromedriver of this test on a free port; stopped on drop.
@@ -17,8 +18,13 @@ struct Chromedriver {
     port: u16,
 }
 
+/// One browser test at a time: several Chromiums at once on two cores make every wait a race.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Chromedriver {
-    async fn start() -> Chromedriver {
+    /// Starts chromedriver once no other test of this file holds one.
+    async fn start() -> (Chromedriver, tokio::sync::MutexGuard<'static, ()>) {
+        let turn = ONE_AT_A_TIME.lock().await;
         let port = common::free_port().unwrap();
         let child = std::process::Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -31,7 +37,7 @@ impl Chromedriver {
             assert!(tokio::time::Instant::now() < deadline, "chromedriver did not start listening");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Chromedriver { child, port }
+        (Chromedriver { child, port }, turn)
     }
 
     /// A headless browser session of `width`×`height` pixels.
@@ -78,7 +84,7 @@ async fn the_runs_page_in_a_browser_filters_by_status_from_its_counts() {
             .to_string();
         api.until_terminal(&run_id).await;
     }
-    let driver = Chromedriver::start().await;
+    let (driver, _turn) = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     // A browser opening the server's root lands on the dashboard.
     browser.goto(&api.url("/")).await.unwrap();
@@ -88,20 +94,228 @@ async fn the_runs_page_in_a_browser_filters_by_status_from_its_counts() {
     save_screenshot("runs-desktop", &browser.screenshot().await.unwrap());
 
     // The FAILED count is a link to the failed runs.
-    let failed = browser.find(Locator::Css(r#".counts a.status-FAILED"#)).await.unwrap();
-    failed.click().await.unwrap();
+    click(&browser, Locator::Css(r#".counts a.status-FAILED"#)).await;
     browser.wait().for_url(&format!("{}/ui/runs?status=FAILED", api.base).parse().unwrap()).await.unwrap();
-    let rows = browser.find_all(Locator::Css("tbody tr")).await.unwrap();
+    // Read in one go: the live region may be refreshed between two reads.
+    let rows = browser
+        .execute("return [...document.querySelectorAll('tbody tr')].map(row => row.textContent);", vec![])
+        .await
+        .unwrap();
+    let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1);
-    assert!(rows[0].text().await.unwrap().contains("FAILED"));
+    assert!(rows[0].as_str().unwrap().contains("FAILED"));
     browser.close().await.unwrap();
 
     // Readable on a phone: the optional columns fold away.
     let phone = driver.browser(390, 844).await;
     phone.goto(&api.url("/ui/runs")).await.unwrap();
-    let created = phone.find(Locator::Css("th.optional")).await.unwrap();
-    assert!(!created.is_displayed().await.unwrap(), "secondary columns hidden on a narrow screen");
+    let shown =
+        phone.execute("return getComputedStyle(document.querySelector('th.optional')).display;", vec![]).await.unwrap();
+    assert_eq!(shown, json!("none"), "secondary columns hidden on a narrow screen");
     save_screenshot("runs-phone", &phone.screenshot().await.unwrap());
     phone.close().await.unwrap();
+    api.stop().await;
+}
+
+/// Waits until the text of the first element matching `css` contains `text`; fails after 30 s.
+/// Polls the page as a person would look at it again; it reloads nothing.
+async fn until_text(browser: &fantoccini::Client, css: &str, text: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && let Ok(seen) = element.text().await
+            && seen.contains(text)
+        {
+            return seen;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "`{css}` never showed {text:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Clicks what `locator` finds. A live region the server refreshed between finding and clicking
+/// leaves a stale reference; the click is then made on the new element.
+async fn click(browser: &fantoccini::Client, locator: Locator<'_>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let element = browser.wait().for_element(locator).await.unwrap();
+        match element.click().await {
+            Ok(()) => return,
+            Err(error) if error.to_string().contains("stale element") => {
+                assert!(tokio::time::Instant::now() < deadline, "{locator:?} kept being replaced");
+            }
+            Err(error) => panic!("clicking {locator:?}: {error}"),
+        }
+    }
+}
+
+/// Starts a one-step workflow calling `agent` through the API; answers the run_id.
+async fn start_run(api: &TestApi, name: &str, agent: &str, input: serde_json::Value) -> String {
+    let plan = json!({"name": name, "start_step": "a", "steps": {"a": {"id": "a", "agent_name": agent, "input_mapping": input}}});
+    let id = api.post("/workflows", &plan).await.body["id"].as_str().unwrap().to_string();
+    api.post(&format!("/workflows/{id}/execute"), &json!({"input_data": {}})).await.body["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_run_started_through_the_api_appears_live_and_turns_completed() {
+    let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
+    let (driver, _turn) = Chromedriver::start().await;
+    let browser = driver.browser(1280, 900).await;
+    browser.goto(&api.url("/ui/runs")).await.unwrap();
+    browser.find(Locator::Css(".empty")).await.expect("no runs yet");
+    // A mark on this page's window: gone if the page were reloaded.
+    browser.execute("window.notReloaded = true; return null;", vec![]).await.unwrap();
+
+    let run_id = start_run(&api, "naps", "sleep", json!({"ms": 1500})).await;
+    let row = format!("tbody tr[data-run='{run_id}']");
+    let seen = until_text(&browser, &row, &run_id).await;
+    assert!(seen.contains("PENDING") || seen.contains("RUNNING"), "appears before it ends: {seen}");
+    save_screenshot("runs-live-running", &browser.screenshot().await.unwrap());
+    until_text(&browser, &row, "COMPLETED").await;
+    let kept = browser.execute("return window.notReloaded === true;", vec![]).await.unwrap();
+    assert_eq!(kept, json!(true), "updated in place, not reloaded");
+    browser.close().await.unwrap();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_runs_page_shows_the_failed_attempts_their_retries_and_the_error() {
+    // Backoffs long enough to see on the timeline (and in the README's picture of this page).
+    let api = TestApi::start(TestDb::sqlite().await, |config| {
+        config.executor.retry =
+            RetryPolicy { max_retries: 3, initial_delay_ms: 300, max_delay_ms: 2_000, backoff_multiplier: 2.0 };
+    })
+    .await;
+    // A checkout: load the order, then check stock and charge the card side by side; the card is
+    // declined on every attempt.
+    let plan = json!({
+        "name": "checkout", "start_step": "load-order",
+        "steps": {
+            "load-order": {"id": "load-order", "agent_name": "sleep", "input_mapping": {"ms": 150, "order": 42}, "next_step": "checks"},
+            "checks": {"id": "checks", "type": "parallel", "parallel_steps": ["reserve-stock", "charge-card"], "next_step": "ship"},
+            "reserve-stock": {"id": "reserve-stock", "agent_name": "sleep", "input_mapping": {"ms": 400, "sku": "A-7"}},
+            "charge-card": {"id": "charge-card", "agent_name": "fail",
+                "input_mapping": {"message": "card declined: insufficient funds", "times": 100, "amount": 129.5}},
+            "ship": {"id": "ship", "agent_name": "echo", "input_mapping": {"order": 42}}
+        }
+    });
+    let id = api.post("/workflows", &plan).await.body["id"].as_str().unwrap().to_string();
+    let run_id =
+        api.post(&format!("/workflows/{id}/execute"), &json!({"input_data": {"order": 42}})).await.body["run_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    api.until_terminal(&run_id).await;
+    let (driver, _turn) = Chromedriver::start().await;
+    let browser = driver.browser(1280, 900).await;
+    browser.goto(&api.url("/ui/runs?status=FAILED")).await.unwrap();
+    click(&browser, Locator::LinkText(&run_id)).await;
+    browser.wait().for_url(&api.url(&format!("/ui/runs/{run_id}")).parse().unwrap()).await.unwrap();
+
+    let error = browser.find(Locator::Css("#run-error")).await.unwrap().text().await.unwrap();
+    assert!(error.contains("card declined: insufficient funds"), "{error}");
+    // Three attempts of charge-card (the test policy's limit) on one lane, with the waits between
+    // them; the other calls on lanes of their own.
+    let bars = browser.find_all(Locator::Css("svg.timeline rect.bar-FAILED")).await.unwrap();
+    assert_eq!(bars.len(), 3);
+    assert_eq!(browser.find_all(Locator::Css("svg.timeline line.gap")).await.unwrap().len(), 2);
+    let lanes = browser
+        .execute(
+            "return [...document.querySelectorAll('svg.timeline .lane-label')].map(l => l.lastChild.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(lanes, json!(["load-order", "checks › reserve-stock", "checks › charge-card"]));
+    save_screenshot("run-failed", &browser.screenshot().await.unwrap());
+
+    // A bar leads to its attempt: the details open, with the error.
+    let last = bars.last().unwrap();
+    let attempt = last.attr("data-attempt").await.unwrap().unwrap();
+    last.click().await.unwrap();
+    let details = browser.find(Locator::Id(&format!("attempt-{attempt}"))).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while details.attr("open").await.unwrap().is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the attempt's details did not open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = details.text().await.unwrap();
+    assert!(text.contains("attempt 3") && text.contains("card declined"), "{text}");
+    save_screenshot("run-failed-attempt", &browser.screenshot().await.unwrap());
+    browser.close().await.unwrap();
+
+    let phone = driver.browser(390, 844).await;
+    phone.goto(&api.url(&format!("/ui/runs/{run_id}"))).await.unwrap();
+    save_screenshot("run-failed-phone", &phone.screenshot().await.unwrap());
+    phone.close().await.unwrap();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_on_a_running_runs_page_ends_it_cancelled() {
+    let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
+    let run_id = start_run(&api, "naps", "sleep", json!({"ms": 60_000})).await;
+    let (driver, _turn) = Chromedriver::start().await;
+    let browser = driver.browser(1280, 900).await;
+    browser.goto(&api.url(&format!("/ui/runs/{run_id}"))).await.unwrap();
+    // Live: the page turns RUNNING by itself once the executor starts the run.
+    until_text(&browser, "#run-status", "RUNNING").await;
+    until_text(&browser, "ol.attempts", "RUNNING").await;
+    save_screenshot("run-running", &browser.screenshot().await.unwrap());
+    click(&browser, Locator::Id("cancel")).await;
+    browser.accept_alert().await.expect("the page asks before cancelling");
+    until_text(&browser, "#run-status", "CANCELLED").await;
+    let (run, _) = api.until_terminal(&run_id).await;
+    assert_eq!(run["status"], "CANCELLED");
+    save_screenshot("run-cancelled", &browser.screenshot().await.unwrap());
+    browser.close().await.unwrap();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn execute_with_invalid_json_shows_the_error_and_sends_nothing() {
+    let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
+    let plan = json!({"name": "greets", "start_step": "a", "steps": {"a": {"id": "a", "agent_name": "echo"}}});
+    let id = api.post("/workflows", &plan).await.body["id"].as_str().unwrap().to_string();
+    let (driver, _turn) = Chromedriver::start().await;
+    let browser = driver.browser(1280, 900).await;
+    browser.goto(&api.url("/ui/workflows")).await.unwrap();
+    click(&browser, Locator::LinkText("greets")).await;
+    browser.wait().for_url(&api.url(&format!("/ui/workflows/{id}")).parse().unwrap()).await.unwrap();
+
+    let editor = browser.find(Locator::Id("input")).await.unwrap();
+    editor.clear().await.unwrap();
+    editor.send_keys(r#"{"name": "Ada",}"#).await.unwrap();
+    let error = until_text(&browser, "#input-error", "not valid JSON").await;
+    assert!(error.starts_with("input_data is not valid JSON"), "{error}");
+    assert_eq!(editor.attr("aria-invalid").await.unwrap().as_deref(), Some("true"));
+    let button = browser.find(Locator::Id("execute")).await.unwrap();
+    assert!(!button.is_enabled().await.unwrap(), "the form cannot be sent");
+    // Enter in the editor, or a forced submit, still sends nothing.
+    browser.execute("document.querySelector('form.execute').requestSubmit(); return null;", vec![]).await.unwrap();
+    save_screenshot("workflow-execute-invalid", &browser.screenshot().await.unwrap());
+    assert!(browser.current_url().await.unwrap().as_str().ends_with(&format!("/ui/workflows/{id}")));
+    let runs = api.get("/runs").await;
+    assert_eq!(runs.body["total"], 0, "no run was created: {runs:?}");
+
+    // Valid input starts a run and shows it.
+    editor.clear().await.unwrap();
+    editor.send_keys(r#"{"name": "Ada"}"#).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !button.is_enabled().await.unwrap() {
+        assert!(tokio::time::Instant::now() < deadline, "valid input did not enable the form");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.find(Locator::Id("input-error")).await.unwrap().text().await.unwrap(), "");
+    button.click().await.unwrap();
+    until_text(&browser, "#run-status", "COMPLETED").await;
+    assert!(browser.current_url().await.unwrap().as_str().contains("/ui/runs/run-"));
+    let runs = api.get("/runs").await;
+    assert_eq!(runs.body["total"], 1);
+    assert_eq!(runs.body["items"][0]["input_data"], json!({"name": "Ada"}));
+    browser.close().await.unwrap();
     api.stop().await;
 }

@@ -7,19 +7,28 @@
 //! so a table of 100,000 runs costs one page of rows and one count query.
 //!
 //! - [`assets`]: the embedded stylesheet and scripts, with ETags;
-//! - [`runs`]: the Runs page — counts by status, filters, server-side paging.
+//! - [`runs`]: the Runs page — counts by status, filters, server-side paging;
+//! - [`run`]: the Run page — header, [`timeline`], attempts, Cancel and Retry;
+//! - [`workflows`]: definitions, versions, plan, and Execute with a checked JSON editor;
+//! - [`live`] and [`events`]: what changed in the database, pushed to open pages as server-sent
+//!   events; a page then fetches the part that changed.
 //!
 //! `GET /` stays the platform's JSON root for API clients and sends browsers (which ask for
 //! `text/html`) to the dashboard.
 
 pub mod assets;
+pub mod events;
+pub mod live;
+pub mod run;
 pub mod runs;
+pub mod timeline;
+pub mod workflows;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::api::ApiState;
 
@@ -31,6 +40,14 @@ pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
         .route("/ui/runs", get(runs::page))
+        .route("/ui/runs/{run_id}", get(run::page))
+        .route("/ui/runs/{run_id}/cancel", post(run::cancel))
+        .route("/ui/runs/{run_id}/retry", post(run::retry))
+        .route("/ui/workflows", get(workflows::list))
+        .route("/ui/workflows/{id}", get(workflows::page))
+        .route("/ui/workflows/{id}/execute", post(workflows::execute))
+        .route("/ui/events/runs", get(events::runs))
+        .route("/ui/events/runs/{run_id}", get(events::run))
         .route("/ui/assets/{*file}", get(assets::serve))
 }
 
@@ -44,5 +61,33 @@ pub async fn root(state: State<ApiState>, headers: HeaderMap) -> Response {
         Redirect::to("/ui/runs").into_response()
     } else {
         crate::api::system::root(state).await.into_response()
+    }
+}
+
+/// The page for something that is not there (404), in the dashboard's layout, with a way back.
+#[derive(askama::Template, askama_web::WebTemplate)]
+#[template(path = "missing.html")]
+struct Missing {
+    assets: &'static str,
+    section: &'static str,
+    message: String,
+    back: &'static str,
+    back_label: &'static str,
+}
+
+/// A page's answer: a missing run or workflow is a 404 page, other errors keep the API's envelope.
+fn page_or_missing<T: IntoResponse>(
+    result: Result<T, crate::service::ServiceError>,
+    section: &'static str,
+) -> Result<Response, crate::api::error::ApiError> {
+    match result {
+        Ok(page) => Ok(page.into_response()),
+        Err(crate::service::ServiceError::NotFound(message)) => {
+            let (back, back_label) =
+                if section == "workflows" { ("/ui/workflows", "All workflows") } else { ("/ui/runs", "All runs") };
+            let page = Missing { assets: ASSETS, section, message, back, back_label };
+            Ok((axum::http::StatusCode::NOT_FOUND, page).into_response())
+        }
+        Err(other) => Err(other.into()),
     }
 }

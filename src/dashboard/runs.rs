@@ -1,5 +1,6 @@
 //! The Runs page: true counts by status, filters as a plain GET form (works without scripts), and
-//! server-side paging, newest first.
+//! server-side paging, newest first. Live: the counts and the table are fetched again when the
+//! change feed says runs changed (`/ui/events/runs`).
 
 use askama::Template;
 use askama_web::WebTemplate;
@@ -68,7 +69,8 @@ struct Row {
 struct RunsPage {
     assets: &'static str,
     section: &'static str,
-    api_prefix: String,
+    /// This page's address, which the live region fetches again when runs change.
+    self_link: String,
     status: String,
     workflow: String,
     created_after: String,
@@ -137,7 +139,7 @@ pub async fn page(State(state): State<ApiState>, Query(query): Query<RunsQuery>)
     let view = RunsPage {
         assets: super::ASSETS,
         section: "runs",
-        api_prefix: state.config().api.prefix.clone(),
+        self_link: query.link(|_| {}),
         status: query.status.clone(),
         workflow: query.workflow.clone(),
         created_after: query.created_after.clone(),

@@ -238,7 +238,8 @@ fn status_named(name: &str) -> Option<RunStatus> {
     <RunStatus as sea_orm::Iterable>::iter().find(|s| s.as_str() == name)
 }
 
-async fn find(
+/// The run's row, or `NotFound` with `message`.
+pub async fn find(
     db: &DatabaseConnection,
     run_id: &str,
     message: impl FnOnce() -> String,
@@ -253,13 +254,23 @@ pub async fn get(db: &DatabaseConnection, run_id: &str) -> Result<RunResponse, S
 /// Every attempt of the run, in the order they started.
 pub async fn steps(db: &DatabaseConnection, run_id: &str) -> Result<Vec<StepResponse>, ServiceError> {
     find(db, run_id, || format!("Run with id '{run_id}' not found")).await?;
-    let rows = step_execution::Entity::find()
+    Ok(attempts(db, run_id, None).await?.into_iter().map(StepResponse::from).collect())
+}
+
+/// The run's attempt rows as stored (with runvisor's columns: `retry_round`, `executor_id`), in
+/// the order they started; the first `limit` when one is given.
+pub async fn attempts(
+    db: &DatabaseConnection,
+    run_id: &str,
+    limit: Option<u64>,
+) -> Result<Vec<step_execution::Model>, ServiceError> {
+    Ok(step_execution::Entity::find()
         .filter(step_execution::Column::RunId.eq(run_id))
         .order_by_asc(step_execution::Column::StartedAt)
         .order_by_asc(step_execution::Column::Attempt)
+        .limit(limit)
         .all(db)
-        .await?;
-    Ok(rows.into_iter().map(StepResponse::from).collect())
+        .await?)
 }
 
 /// The run's events as lines: its creation, each attempt's start and end (with its error), and its

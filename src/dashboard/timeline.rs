@@ -1,0 +1,315 @@
+//! The Run page's timeline: every attempt as a bar on one time axis, drawn as SVG on the server.
+//!
+//! It is a lane-assignment problem, not graph layout. A lane is one *call*: a step at one place in
+//! the plan — `(parent step, branch, loop iteration, step)`, the columns that say where an attempt
+//! ran. Retries of a call share its lane, so the space between two bars is the backoff the executor
+//! waited, drawn as a dashed link with its length. Members of a parallel block and branches of a
+//! fork-join run side by side in time and get lanes one under the other; a loop's iterations are
+//! lanes in iteration order. Lanes are ordered by when their call first started, which keeps a
+//! block's members together and reads top to bottom in the order things happened.
+//!
+//! Pure: attempts and a time window in, coordinates out (the template only draws them).
+
+use std::collections::HashMap;
+
+/// One attempt, as the timeline needs it. Times are milliseconds since the axis's origin (the
+/// run's first attempt).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Span {
+    /// The attempt row's id (the bar links to its details).
+    pub id: String,
+    pub step_id: String,
+    pub parent_step_id: Option<String>,
+    pub branch_name: Option<String>,
+    pub loop_iteration_index: Option<i32>,
+    pub attempt: i32,
+    pub status: String,
+    pub start_ms: i64,
+    /// `None` while it runs: the bar reaches the end of the window.
+    pub end_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lane {
+    pub label: String,
+    /// The label's full text (the drawn one may be cut short).
+    pub title: String,
+    pub y: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    pub id: String,
+    pub x: f64,
+    pub y: u32,
+    pub width: f64,
+    pub status: String,
+    pub title: String,
+}
+
+/// The wait between two attempts of one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gap {
+    pub x: f64,
+    pub width: f64,
+    pub y: u32,
+    pub title: String,
+    /// How long, written above the line when there is room for it.
+    pub label: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub x: f64,
+    pub label: String,
+}
+
+/// Everything the template draws, in SVG user units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeline {
+    pub width: u32,
+    pub height: u32,
+    /// Where the time axis begins (left of it: lane labels).
+    pub axis_x: u32,
+    pub axis_y: u32,
+    pub lanes: Vec<Lane>,
+    pub bars: Vec<Bar>,
+    pub gaps: Vec<Gap>,
+    pub ticks: Vec<Tick>,
+}
+
+const WIDTH: u32 = 960;
+const LABEL_WIDTH: u32 = 220;
+const LANE_HEIGHT: u32 = 24;
+const BAR_HEIGHT: u32 = 16;
+const AXIS_HEIGHT: u32 = 22;
+/// A bar is never thinner than this, so an attempt of a millisecond is still seen and clicked.
+const MIN_BAR: f64 = 3.0;
+/// A wait narrower than this has its length in its tooltip only.
+const GAP_LABEL_ROOM: f64 = 56.0;
+/// Characters of a lane label that fit beside the axis.
+const LABEL_CHARS: usize = 30;
+
+type LaneKey = (Option<String>, Option<String>, Option<i32>, String);
+
+/// Lays out `spans` over `[0, window_ms]` (up to now, or to the run's end once it ended).
+pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
+    let window_ms = window_ms.max(spans.iter().map(|s| s.end_ms.unwrap_or(s.start_ms)).max().unwrap_or(0)).max(1);
+    let plot = f64::from(WIDTH - LABEL_WIDTH - 10);
+    let x = |ms: i64| f64::from(LABEL_WIDTH) + plot * ms.clamp(0, window_ms) as f64 / window_ms as f64;
+
+    // Lanes in the order their call first started (ties: the order the rows came in).
+    let mut order: Vec<LaneKey> = Vec::new();
+    let mut lanes: HashMap<LaneKey, Vec<&Span>> = HashMap::new();
+    let mut sorted: Vec<&Span> = spans.iter().collect();
+    sorted.sort_by_key(|s| (s.start_ms, s.attempt));
+    for span in sorted {
+        let key =
+            (span.parent_step_id.clone(), span.branch_name.clone(), span.loop_iteration_index, span.step_id.clone());
+        lanes
+            .entry(key.clone())
+            .or_insert_with(|| {
+                order.push(key);
+                Vec::new()
+            })
+            .push(span);
+    }
+
+    let mut timeline = Timeline {
+        width: WIDTH,
+        height: AXIS_HEIGHT + LANE_HEIGHT * order.len().max(1) as u32 + 4,
+        axis_x: LABEL_WIDTH,
+        axis_y: AXIS_HEIGHT,
+        lanes: Vec::new(),
+        bars: Vec::new(),
+        gaps: Vec::new(),
+        ticks: ticks(window_ms).into_iter().map(|ms| Tick { x: x(ms), label: short_duration(ms) }).collect(),
+    };
+    for (row, key) in order.iter().enumerate() {
+        let y = AXIS_HEIGHT + LANE_HEIGHT * row as u32 + (LANE_HEIGHT - BAR_HEIGHT) / 2;
+        let title = lane_title(key);
+        let label = if title.chars().count() > LABEL_CHARS {
+            format!(
+                "…{}",
+                title.chars().rev().take(LABEL_CHARS - 1).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+            )
+        } else {
+            title.clone()
+        };
+        timeline.lanes.push(Lane { label, title: title.clone(), y });
+        let attempts = &lanes[key];
+        for (i, span) in attempts.iter().enumerate() {
+            let end = span.end_ms.unwrap_or(window_ms);
+            let (left, right) = (x(span.start_ms), x(end));
+            let took = if span.end_ms.is_some() { short_duration(end - span.start_ms) } else { "running".into() };
+            timeline.bars.push(Bar {
+                id: span.id.clone(),
+                x: left,
+                y,
+                width: (right - left).max(MIN_BAR),
+                status: span.status.clone(),
+                title: format!("{title}: attempt {} {} ({took})", span.attempt, span.status),
+            });
+            if let (Some(next), Some(ended)) = (attempts.get(i + 1), span.end_ms) {
+                let wait = (next.start_ms - ended).max(0);
+                let from = x(ended).max(left + MIN_BAR);
+                let width = (x(next.start_ms) - from).max(0.0);
+                timeline.gaps.push(Gap {
+                    x: from,
+                    width,
+                    y: y + BAR_HEIGHT / 2,
+                    label: (width >= GAP_LABEL_ROOM).then(|| short_duration(wait)),
+                    title: format!("{title}: waited {} before attempt {}", short_duration(wait), next.attempt),
+                });
+            }
+        }
+    }
+    timeline
+}
+
+fn lane_title((parent, branch, iteration, step): &LaneKey) -> String {
+    let mut parts = Vec::new();
+    if let Some(parent) = parent {
+        parts.push(parent.clone());
+    }
+    if let Some(branch) = branch {
+        parts.push(branch.clone());
+    }
+    if let Some(iteration) = iteration {
+        parts.push(format!("#{iteration}"));
+    }
+    parts.push(step.clone());
+    parts.join(" › ")
+}
+
+/// Tick positions at 1, 2 or 5 × 10ⁿ ms, about six across the window, starting at 0.
+fn ticks(window_ms: i64) -> Vec<i64> {
+    let raw = window_ms as f64 / 6.0;
+    let magnitude = 10f64.powf(raw.max(1.0).log10().floor());
+    let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude);
+    let step = (step as i64).max(1);
+    (0..=window_ms / step).map(|i| i * step).collect()
+}
+
+/// A length of time for an axis or a tooltip: 0, 250 ms, 1.5 s, 2 min 05 s.
+pub fn short_duration(ms: i64) -> String {
+    match ms.max(0) {
+        0 => "0".into(),
+        ms @ 1..1_000 => format!("{ms} ms"),
+        ms @ 1_000..60_000 => {
+            let seconds = ms as f64 / 1000.0;
+            if ms % 1000 == 0 { format!("{seconds:.0} s") } else { format!("{seconds:.1} s") }
+        }
+        ms => format!("{} min {:02} s", ms / 60_000, ms % 60_000 / 1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn span(id: &str, step: &str, attempt: i32, start: i64, end: Option<i64>) -> Span {
+        Span {
+            id: id.into(),
+            step_id: step.into(),
+            parent_step_id: None,
+            branch_name: None,
+            loop_iteration_index: None,
+            attempt,
+            status: if end.is_some() { "FAILED".into() } else { "RUNNING".into() },
+            start_ms: start,
+            end_ms: end,
+        }
+    }
+
+    #[test]
+    fn retries_share_their_call_lane_and_the_backoff_shows_between_them() {
+        let spans =
+            [span("a1", "a", 1, 0, Some(100)), span("a2", "a", 2, 300, Some(400)), span("b1", "b", 1, 400, None)];
+        let timeline = layout(&spans, 1000);
+        assert_eq!(timeline.lanes.iter().map(|l| l.label.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(timeline.bars[0].y, timeline.bars[1].y, "both attempts of a on one lane");
+        assert_eq!(timeline.gaps.len(), 1);
+        assert!(timeline.gaps[0].title.contains("waited 200 ms before attempt 2"), "{}", timeline.gaps[0].title);
+        let plot = f64::from(WIDTH - LABEL_WIDTH - 10);
+        assert!((timeline.gaps[0].width - plot * 0.2).abs() < 1e-6);
+        assert_eq!(timeline.gaps[0].label.as_deref(), Some("200 ms"), "wide enough to be labelled");
+        assert!(timeline.bars[2].title.ends_with("(running)"));
+        assert!((timeline.bars[2].x + timeline.bars[2].width - f64::from(WIDTH - 10)).abs() < 1e-6, "reaches now");
+    }
+
+    #[test]
+    fn parallel_members_and_loop_iterations_get_lanes_of_their_own() {
+        let mut spans = Vec::new();
+        for (i, member) in ["x", "y"].iter().enumerate() {
+            let mut s = span(&format!("m{i}"), member, 1, 10, Some(50));
+            s.parent_step_id = Some("fan".into());
+            spans.push(s);
+        }
+        for iteration in 0..2 {
+            let mut s = span(
+                &format!("l{iteration}"),
+                "body",
+                1,
+                60 + 20 * i64::from(iteration),
+                Some(75 + 20 * i64::from(iteration)),
+            );
+            s.parent_step_id = Some("each".into());
+            s.loop_iteration_index = Some(iteration);
+            spans.push(s);
+        }
+        let timeline = layout(&spans, 100);
+        let labels: Vec<_> = timeline.lanes.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(labels, ["fan › x", "fan › y", "each › #0 › body", "each › #1 › body"]);
+        assert!(timeline.gaps.is_empty());
+    }
+
+    #[test]
+    fn ticks_fall_on_round_numbers() {
+        assert_eq!(ticks(1000), vec![0, 200, 400, 600, 800, 1000]);
+        assert_eq!(ticks(45), vec![0, 10, 20, 30, 40]);
+        assert_eq!(short_duration(2_000), "2 s");
+        assert_eq!(short_duration(125_000), "2 min 05 s");
+    }
+
+    proptest! {
+        /// Every attempt is drawn once, inside the plot; bars of one lane never overlap when the
+        /// attempts of a call follow one another; no gap is negative.
+        #[test]
+        fn every_attempt_is_drawn_once_and_lanes_do_not_overlap(
+            calls in proptest::collection::vec((0i64..5_000, proptest::collection::vec((0i64..2_000, 0i64..2_000), 1..4)), 1..12),
+            window in 1i64..20_000,
+        ) {
+            let mut spans = Vec::new();
+            for (c, (start, attempts)) in calls.iter().enumerate() {
+                let mut at = *start;
+                for (a, (run, wait)) in attempts.iter().enumerate() {
+                    spans.push(span(&format!("{c}-{a}"), &format!("s{c}"), a as i32 + 1, at, Some(at + run)));
+                    at += run + wait;
+                }
+            }
+            let timeline = layout(&spans, window);
+            prop_assert_eq!(timeline.bars.len(), spans.len());
+            let mut ids: Vec<_> = timeline.bars.iter().map(|b| b.id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), spans.len());
+            for bar in &timeline.bars {
+                prop_assert!(bar.x >= f64::from(LABEL_WIDTH) && bar.x <= f64::from(WIDTH));
+            }
+            for gap in &timeline.gaps {
+                prop_assert!(gap.width >= 0.0);
+            }
+            for lane in &timeline.lanes {
+                let mut bars: Vec<_> = timeline.bars.iter().filter(|b| b.y == lane.y).collect();
+                bars.sort_by(|a, b| a.x.total_cmp(&b.x));
+                for pair in bars.windows(2) {
+                    // A bar widened to the minimum width may reach past its neighbour's start by
+                    // no more than that width.
+                    prop_assert!(pair[0].x + pair[0].width <= pair[1].x + MIN_BAR + 1e-9);
+                }
+            }
+        }
+    }
+}
