@@ -234,3 +234,61 @@ async fn open_pages_hear_of_changes_cancel_works_and_streams_end_at_shutdown() {
         assert!(rest.is_ok(), "{backend:?}: the stream ended");
     }
 }
+
+#[tokio::test]
+async fn the_agents_page_shows_each_agents_recent_calls_and_error_rate() {
+    for db in TestDb::each().await {
+        let api = TestApi::start(db, |_| {}).await;
+        let backend = api.db.backend();
+        run_to_end(&api, "breaks", "fail", json!({"message": "no", "times": 100})).await;
+        run_to_end(&api, "greets", "echo", json!({"x": 1})).await;
+        let registered = api
+            .post("/agents", &json!({"name": "pricing", "url": "http://127.0.0.1:9/price", "description": "prices"}))
+            .await;
+        assert_eq!(registered.status, StatusCode::CREATED, "{registered:?}");
+
+        let (status, html) = page(&api, "/ui/agents").await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}");
+        let row = |agent: &str| {
+            let start =
+                html.find(&format!(r#"<tr data-agent="{agent}">"#)).unwrap_or_else(|| panic!("{agent}: {html}"));
+            let end = start + html[start..].find("</tr>").unwrap();
+            html[start..end].to_string()
+        };
+        let fail = row("fail");
+        assert!(fail.contains("<td>3</td>") && fail.contains("100.0 %"), "{backend:?}: three failed attempts: {fail}");
+        let echo = row("echo");
+        assert!(
+            echo.contains("<td>1</td>") && echo.contains("0.0 %") && echo.contains("built-in"),
+            "{backend:?}: {echo}"
+        );
+        let pricing = row("pricing");
+        assert!(pricing.contains("registry") && pricing.contains("http://127.0.0.1:9/price"), "{backend:?}");
+        assert!(pricing.contains("<td>0</td>"), "{backend:?}: no calls yet");
+        api.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_system_page_shows_what_runs_now_and_how_fast_attempts_end() {
+    for db in TestDb::each().await {
+        let api = TestApi::start(db, |_| {}).await;
+        let backend = api.db.backend();
+        run_to_end(&api, "greets", "echo", json!({"x": 1})).await;
+        let napping = start_run(&api, "naps", "sleep", json!({"ms": 60_000})).await;
+        api.poll_run(&napping, std::time::Duration::from_secs(30), |run| run["status"] == "RUNNING").await;
+
+        let (status, html) = page(&api, "/ui/system").await;
+        assert_eq!(status, StatusCode::OK, "{backend:?}");
+        assert!(html.contains(r#"<h2 id="t-running">Running</h2><p class="big">1</p>"#), "{backend:?}: {html}");
+        let owner = &api.config.executor.owner_id;
+        let owner = if owner.is_empty() { "executor-" } else { owner.as_str() };
+        assert!(html.contains(&format!(r#"<td class="mono">{owner}"#)), "{backend:?}: who runs it: {html}");
+        // One run finished in the last minute: 1/60 runs/s; its one attempt has a latency.
+        assert!(html.contains(r#"<p class="big">0.02</p><p class="muted">finished"#), "{backend:?}: {html}");
+        assert!(html.contains("<dt>p50</dt>") && html.contains("<dt>attempts</dt><dd>1</dd>"), "{backend:?}: {html}");
+        let cancelled = api.post(&format!("/runs/{napping}/cancel"), &json!({})).await;
+        assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
+        api.stop().await;
+    }
+}

@@ -231,6 +231,23 @@ async fn a_failed_runs_page_shows_the_failed_attempts_their_retries_and_the_erro
         .unwrap();
     assert_eq!(lanes, json!(["load-order", "checks › reserve-stock", "checks › charge-card"]));
     save_screenshot("run-failed", &browser.screenshot().await.unwrap());
+    // The plan graph: each step coloured by what happened to it; ship never ran.
+    let outcomes = browser
+        .execute("return [...document.querySelectorAll('.plan-graph [data-step]')].map(e => e.dataset.step + '=' + e.dataset.outcome);", vec![])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        json!([
+            "load-order=COMPLETED",
+            "checks=FAILED",
+            "reserve-stock=COMPLETED",
+            "charge-card=FAILED",
+            "ship=NOT-RUN"
+        ])
+    );
+    browser.execute("document.getElementById('plan-title').scrollIntoView(); return null;", vec![]).await.unwrap();
+    save_screenshot("run-failed-plan", &browser.screenshot().await.unwrap());
 
     // A bar leads to its attempt: the details open, with the error.
     let last = bars.last().unwrap();
@@ -317,5 +334,37 @@ async fn execute_with_invalid_json_shows_the_error_and_sends_nothing() {
     assert_eq!(runs.body["total"], 1);
     assert_eq!(runs.body["items"][0]["input_data"], json!({"name": "Ada"}));
     browser.close().await.unwrap();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn the_workflows_agents_and_system_pages_read_on_a_laptop_and_a_phone() {
+    let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
+    let example: serde_json::Value =
+        serde_json::from_str(include_str!("../examples/fork_join.json")).expect("the example parses");
+    let id = api.post("/workflows", &example).await.body["id"].as_str().unwrap().to_string();
+    let run_id = start_run(&api, "greets", "echo", json!({"x": 1})).await;
+    api.until_terminal(&run_id).await;
+    let (driver, _turn) = Chromedriver::start().await;
+    for (width, height, size) in [(1280, 900, "desktop"), (390, 844, "phone")] {
+        let browser = driver.browser(width, height).await;
+        for (path, name, heading) in [
+            (format!("/ui/workflows/{id}"), "workflow", "fork-join"),
+            ("/ui/agents".to_string(), "agents", "Agents"),
+            ("/ui/system".to_string(), "system", "System"),
+        ] {
+            browser.goto(&api.url(&path)).await.unwrap();
+            let h1 = browser.find(Locator::Css("h1")).await.unwrap().text().await.unwrap();
+            assert!(h1.contains(heading), "{path}: {h1}");
+            // Nothing wider than the screen but the tables and the timeline, which scroll.
+            let overflow = browser
+                .execute("return document.documentElement.scrollWidth - document.documentElement.clientWidth;", vec![])
+                .await
+                .unwrap();
+            assert!(overflow.as_i64().unwrap() <= 0, "{path} at {width} px is wider than the screen by {overflow}");
+            save_screenshot(&format!("{name}-{size}"), &browser.screenshot().await.unwrap());
+        }
+        browser.close().await.unwrap();
+    }
     api.stop().await;
 }

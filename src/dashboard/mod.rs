@@ -8,19 +8,25 @@
 //!
 //! - [`assets`]: the embedded stylesheet and scripts, with ETags;
 //! - [`runs`]: the Runs page — counts by status, filters, server-side paging;
-//! - [`run`]: the Run page — header, [`timeline`], attempts, Cancel and Retry;
+//! - [`run`]: the Run page — header, [`timeline`], [`plan_view`] (the plan coloured by outcome),
+//!   attempts, Cancel and Retry;
 //! - [`workflows`]: definitions, versions, plan, and Execute with a checked JSON editor;
+//! - [`agents`]: every callable agent, its last hour's error rate and latency, its breaker;
+//! - [`system`]: runs/s, runs in flight and by whom, group members, attempt latency, lag;
 //! - [`live`] and [`events`]: what changed in the database, pushed to open pages as server-sent
 //!   events; a page then fetches the part that changed.
 //!
 //! `GET /` stays the platform's JSON root for API clients and sends browsers (which ask for
 //! `text/html`) to the dashboard.
 
+pub mod agents;
 pub mod assets;
 pub mod events;
 pub mod live;
+pub mod plan_view;
 pub mod run;
 pub mod runs;
+pub mod system;
 pub mod timeline;
 pub mod workflows;
 
@@ -46,6 +52,8 @@ pub fn router() -> Router<ApiState> {
         .route("/ui/workflows", get(workflows::list))
         .route("/ui/workflows/{id}", get(workflows::page))
         .route("/ui/workflows/{id}/execute", post(workflows::execute))
+        .route("/ui/agents", get(agents::page))
+        .route("/ui/system", get(system::page))
         .route("/ui/events/runs", get(events::runs))
         .route("/ui/events/runs/{run_id}", get(events::run))
         .route("/ui/assets/{*file}", get(assets::serve))

@@ -16,6 +16,7 @@ use chrono::NaiveDateTime;
 use entity::{RunStatus, StepStatus, step_execution};
 use serde_json::Value;
 
+use super::plan_view::{self, AttemptOutcome, Item};
 use super::timeline::{self, Span, Timeline};
 use crate::api::ApiState;
 use crate::api::error::ApiError;
@@ -71,6 +72,9 @@ struct RunPage {
     can_retry: bool,
     notice: Option<String>,
     timeline: Timeline,
+    plan_items: Vec<Item>,
+    /// Why there is no plan graph, when there is none.
+    plan_missing: Option<String>,
     attempts: Vec<Attempt>,
     /// Attempts beyond [`MAX_ATTEMPTS`], not shown.
     more: u64,
@@ -108,6 +112,28 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
         })
         .collect();
     let finished = run.status.is_terminal();
+    let outcomes = plan_view::outcomes(
+        &rows
+            .iter()
+            .map(|row| AttemptOutcome {
+                step_id: &row.step_id,
+                call: (row.parent_step_id.as_deref(), row.branch_name.as_deref(), row.loop_iteration_index),
+                attempt: row.attempt,
+                retry_round: row.retry_round,
+                status: row.status.as_str(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    // An inline plan is kept on the run; a stored definition's is read from it.
+    let definition = match (&run.workflow_plan, run.workflow_definition_id) {
+        (None, Some(id)) => crate::service::workflows::find(db, id).await.ok().map(|d| d.workflow_data),
+        _ => None,
+    };
+    let (plan_items, plan_missing) =
+        match plan_view::graph(run.workflow_plan.as_ref().or(definition.as_ref()), &outcomes) {
+            Ok(items) => (items, None),
+            Err(why) => (Vec::new(), Some(why)),
+        };
     let age = timeline::short_duration((end - run.created_at).num_milliseconds());
     Ok(RunPage {
         assets: super::ASSETS,
@@ -118,6 +144,8 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
         can_retry: matches!(run.status, RunStatus::Failed | RunStatus::Cancelled),
         notice,
         timeline: timeline::layout(&spans, since_origin(&end)),
+        plan_items,
+        plan_missing,
         attempts: rows.iter().map(|row| attempt(row, &origin)).collect(),
         more,
         run: Header {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::plan_view::{self, Item};
 use crate::api::ApiState;
 use crate::api::error::ApiError;
 use crate::service::page::PageRequest;
@@ -92,6 +93,8 @@ struct WorkflowPage {
     api_prefix: String,
     workflow: Row,
     plan: String,
+    plan_items: Vec<Item>,
+    plan_missing: Option<String>,
     versions: Vec<Row>,
     /// The Execute editor's text (what was sent back when the server refused it).
     input: String,
@@ -118,10 +121,16 @@ async fn render(
 ) -> Result<WorkflowPage, ServiceError> {
     let workflow = workflows::get(state.db(), id).await?;
     let versions = workflows::versions(state.db(), id, PageRequest { page: 1, page_size: VERSIONS }).await?;
+    let (plan_items, plan_missing) = match plan_view::graph(Some(&workflow.workflow_data), &Default::default()) {
+        Ok(items) => (items, None),
+        Err(why) => (Vec::new(), Some(why)),
+    };
     Ok(WorkflowPage {
         assets: super::ASSETS,
         section: "workflows",
         api_prefix: state.config().api.prefix.clone(),
+        plan_items,
+        plan_missing,
         plan: serde_json::to_string_pretty(&workflow.workflow_data).unwrap_or_default(),
         workflow: Row::from(&workflow),
         versions: versions.items.iter().map(Row::from).collect(),

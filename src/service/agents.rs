@@ -507,3 +507,66 @@ mod tests {
         assert_eq!(mask(apikey), json!({"key": "***", "header_name": "X-Key"}));
     }
 }
+
+/// How one agent's calls went over a recent window (the dashboard's Agents page).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentStats {
+    pub agent_name: String,
+    /// Attempts that ended in the window.
+    pub attempts: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Attempts still running that started in the window.
+    pub running: u64,
+    /// Of the ended attempts, in milliseconds.
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+}
+
+/// Per agent, the attempts that started since `since`: the newest `limit` rows at most, so a busy
+/// window costs a bounded read (percentiles are computed here, the same on both databases).
+/// Answers, too, whether the limit cut the window short.
+pub async fn recent_stats(
+    db: &DatabaseConnection,
+    since: chrono::NaiveDateTime,
+    limit: u64,
+) -> Result<(Vec<AgentStats>, bool), ServiceError> {
+    use entity::step_execution::{Column as C, Entity};
+    use sea_orm::QuerySelect;
+    let rows: Vec<(String, entity::StepStatus, chrono::NaiveDateTime, Option<chrono::NaiveDateTime>)> = Entity::find()
+        .select_only()
+        .columns([C::AgentName, C::Status, C::StartedAt, C::CompletedAt])
+        .filter(C::StartedAt.gte(since))
+        .order_by_desc(C::StartedAt)
+        .limit(limit)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let cut = rows.len() as u64 >= limit;
+    let mut by_agent: std::collections::BTreeMap<String, (AgentStats, Vec<i64>)> = Default::default();
+    for (agent_name, status, started_at, completed_at) in rows {
+        let (stats, durations) = by_agent
+            .entry(agent_name.clone())
+            .or_insert_with(|| (AgentStats { agent_name, ..Default::default() }, Vec::new()));
+        match (status, completed_at) {
+            (entity::StepStatus::Running, _) | (_, None) => stats.running += 1,
+            (status, Some(end)) => {
+                stats.attempts += 1;
+                stats.failed += u64::from(status == entity::StepStatus::Failed);
+                stats.cancelled += u64::from(status == entity::StepStatus::Cancelled);
+                durations.push((end - started_at).num_milliseconds().max(0));
+            }
+        }
+    }
+    let stats = by_agent
+        .into_values()
+        .map(|(mut stats, mut durations)| {
+            durations.sort_unstable();
+            let at = |q: f64| durations.get(((durations.len() as f64 - 1.0) * q).round() as usize).copied();
+            stats.p50_ms = at(0.5);
+            stats.p95_ms = at(0.95);
+            stats
+        })
+        .collect();
+    Ok((stats, cut))
+}

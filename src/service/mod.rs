@@ -17,6 +17,7 @@
 //! - [`check`]: field-by-field validation that reports every problem at once;
 //! - [`page`]: pagination with real totals.
 
+pub mod activity;
 pub mod agents;
 pub mod audit;
 pub mod check;
