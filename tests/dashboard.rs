@@ -292,3 +292,54 @@ async fn the_system_page_shows_what_runs_now_and_how_fast_attempts_end() {
         api.stop().await;
     }
 }
+
+#[tokio::test]
+async fn with_a_token_set_a_browser_signs_in_once_and_the_cookie_opens_only_the_dashboard() {
+    let api = TestApi::start(TestDb::sqlite().await, |config| config.api.auth_token = "t0ken".into()).await;
+    let client = without_redirects();
+    let html = |request: reqwest::RequestBuilder| request.header(ACCEPT, "text/html");
+
+    // A browser that has not signed in is sent to sign in, and comes back where it was going.
+    let asked = html(client.get(api.url("/ui/runs?status=FAILED"))).send().await.unwrap();
+    assert_eq!(asked.status(), StatusCode::SEE_OTHER);
+    assert_eq!(asked.headers()[LOCATION], "/ui/login?next=%2Fui%2Fruns%3Fstatus%3DFAILED");
+    let login = html(client.get(api.url("/ui/login?next=%2Fui%2Fruns"))).send().await.unwrap();
+    assert_eq!(login.status(), StatusCode::OK, "the sign-in page is open");
+    let css = client.get(api.url("/ui/assets/app.css")).send().await.unwrap();
+    assert_eq!(css.status(), StatusCode::OK, "and so are its assets");
+    // Event streams and forms are refused, not redirected.
+    let events = client.get(api.url("/ui/events/runs")).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::UNAUTHORIZED);
+
+    let sign_in = |token: &str| {
+        client
+            .post(api.url("/ui/login"))
+            .header("origin", &api.base)
+            .form(&[("token", token), ("next", "/ui/runs?status=FAILED")])
+            .send()
+    };
+    let wrong = sign_in("guess").await.unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(wrong.headers().get(reqwest::header::SET_COOKIE).is_none());
+    assert!(wrong.text().await.unwrap().contains("That is not the API"), "the form says why");
+    let right = sign_in("t0ken").await.unwrap();
+    assert_eq!(right.status(), StatusCode::SEE_OTHER);
+    assert_eq!(right.headers()[LOCATION], "/ui/runs?status=FAILED");
+    let set = right.headers()[reqwest::header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    assert!(!set.contains("t0ken"), "the cookie is not the token");
+    let cookie = set.split(';').next().unwrap().to_string();
+
+    let page = html(client.get(api.url("/ui/runs"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("script-src 'self'"));
+    let events = client.get(api.url("/ui/events/runs")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    drop(events);
+    // The JSON API still wants the bearer token.
+    let api_call = client.get(api.api("/runs")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(api_call.status(), StatusCode::UNAUTHORIZED);
+    let bearer = client.get(api.api("/runs")).bearer_auth("t0ken").send().await.unwrap();
+    assert_eq!(bearer.status(), StatusCode::OK);
+    api.stop().await;
+}

@@ -219,9 +219,13 @@ async fn record_request(request: Request, next: Next) -> Response {
 }
 
 /// With `api.auth_token` set, every route but `/health*` needs `Authorization: Bearer <token>`.
+/// The dashboard's pages take its sign-in cookie instead (a browser sends no bearer token when it
+/// follows a link), and a browser that has neither is sent to sign in (`dashboard::auth`).
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    use crate::dashboard::auth;
     let expected = &state.config().api.auth_token;
-    let open = expected.is_empty() || request.uri().path().starts_with("/health");
+    let path = request.uri().path();
+    let open = expected.is_empty() || path.starts_with("/health") || auth::open_without_session(path);
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -232,13 +236,28 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     if open || presented.is_some_and(|token| same_secret(token.as_bytes(), expected.as_bytes())) {
         return next.run(request).await;
     }
+    if auth::cookie_opens(path) {
+        if auth::has_session(request.headers(), expected) {
+            return next.run(request).await;
+        }
+        let wants_page = request.method() == Method::GET
+            && request
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|accept| accept.contains("text/html"));
+        if wants_page {
+            let target = request.uri().path_and_query().map_or(path, |p| p.as_str());
+            return auth::to_login(target);
+        }
+    }
     let mut response = ApiError::detail(StatusCode::UNAUTHORIZED, "Not authenticated").into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
 
 /// Compares without stopping at the first difference, so timing does not reveal the token.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 

@@ -7,6 +7,7 @@
 //! so a table of 100,000 runs costs one page of rows and one count query.
 //!
 //! - [`assets`]: the embedded stylesheet and scripts, with ETags;
+//! - [`auth`]: the sign-in cookie, when `api.auth_token` is set;
 //! - [`runs`]: the Runs page — counts by status, filters, server-side paging;
 //! - [`run`]: the Run page — header, [`timeline`], [`plan_view`] (the plan coloured by outcome),
 //!   attempts, Cancel and Retry;
@@ -21,6 +22,7 @@
 
 pub mod agents;
 pub mod assets;
+pub mod auth;
 pub mod events;
 pub mod live;
 pub mod plan_view;
@@ -32,7 +34,7 @@ pub mod workflows;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
@@ -45,6 +47,7 @@ pub const ASSETS: &str = "/ui/assets";
 pub fn router() -> Router<ApiState> {
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/runs") }))
+        .route("/ui/login", get(auth::page).post(auth::login))
         .route("/ui/runs", get(runs::page))
         .route("/ui/runs/{run_id}", get(run::page))
         .route("/ui/runs/{run_id}/cancel", post(run::cancel))
@@ -57,6 +60,21 @@ pub fn router() -> Router<ApiState> {
         .route("/ui/events/runs", get(events::runs))
         .route("/ui/events/runs/{run_id}", get(events::run))
         .route("/ui/assets/{*file}", get(assets::serve))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// The dashboard loads nothing from elsewhere and runs no inline script or style, so the browser
+/// can be told to refuse both: markup injected through a run's data could not run. Its pages may
+/// not be framed (clickjacking of Cancel), and the Referer goes to this server only (the forms'
+/// origin check reads it when a browser sends no Origin).
+async fn security_headers(mut response: Response) -> Response {
+    const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                          connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    response
 }
 
 /// `GET /`: browsers to the dashboard, everyone else to the platform's JSON root.
