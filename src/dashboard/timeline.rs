@@ -34,6 +34,10 @@ pub struct Lane {
     pub label: String,
     /// The label's full text (the drawn one may be cut short).
     pub title: String,
+    /// A group's heading row (the compound step whose calls follow), with no bars of its own.
+    pub group: bool,
+    /// Drawn indented: a call inside a group.
+    pub member: bool,
     pub y: u32,
 }
 
@@ -115,9 +119,26 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
             .push(span);
     }
 
+    // Calls of one compound step (a parallel block's members, a loop's iterations, a fork-join's
+    // branches) are grouped under a heading row, the groups in the order they began.
+    let mut groups: Vec<(Option<String>, Vec<LaneKey>)> = Vec::new();
+    for key in order {
+        match groups.iter_mut().find(|(parent, _)| *parent == key.0) {
+            Some((_, members)) => members.push(key),
+            None => groups.push((key.0.clone(), vec![key])),
+        }
+    }
+    let rows: Vec<(Option<&str>, Option<&LaneKey>)> = groups
+        .iter()
+        .flat_map(|(parent, members)| {
+            let heading = parent.as_deref().map(|parent| (Some(parent), None));
+            heading.into_iter().chain(members.iter().map(|key| (None, Some(key))))
+        })
+        .collect();
+
     let mut timeline = Timeline {
         width: WIDTH,
-        height: AXIS_HEIGHT + LANE_HEIGHT * order.len().max(1) as u32 + 4,
+        height: AXIS_HEIGHT + LANE_HEIGHT * rows.len().max(1) as u32 + 4,
         axis_x: LABEL_WIDTH,
         axis_y: AXIS_HEIGHT,
         lanes: Vec::new(),
@@ -125,18 +146,34 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
         gaps: Vec::new(),
         ticks: ticks(window_ms).into_iter().map(|ms| Tick { x: x(ms), label: short_duration(ms) }).collect(),
     };
-    for (row, key) in order.iter().enumerate() {
-        let y = AXIS_HEIGHT + LANE_HEIGHT * row as u32 + (LANE_HEIGHT - BAR_HEIGHT) / 2;
-        let title = lane_title(key);
-        let label = if title.chars().count() > LABEL_CHARS {
-            format!(
-                "…{}",
-                title.chars().rev().take(LABEL_CHARS - 1).collect::<Vec<_>>().into_iter().rev().collect::<String>()
-            )
+    let cut = |text: &str| {
+        if text.chars().count() > LABEL_CHARS {
+            let tail: Vec<char> = text.chars().rev().take(LABEL_CHARS - 1).collect();
+            format!("…{}", tail.into_iter().rev().collect::<String>())
         } else {
-            title.clone()
+            text.to_string()
+        }
+    };
+    for (row, (heading, key)) in rows.into_iter().enumerate() {
+        let y = AXIS_HEIGHT + LANE_HEIGHT * row as u32 + (LANE_HEIGHT - BAR_HEIGHT) / 2;
+        let Some(key) = key else {
+            let parent = heading.unwrap_or_default();
+            let calls = groups.iter().find(|(p, _)| p.as_deref() == Some(parent)).map_or(0, |(_, m)| m.len());
+            let title = format!("{parent}: {calls} call{}", if calls == 1 { "" } else { "s" });
+            timeline.lanes.push(Lane { label: cut(&title), title, group: true, member: false, y });
+            continue;
         };
-        timeline.lanes.push(Lane { label, title: title.clone(), y });
+        let title = lane_title(key);
+        // Inside a group the heading names the parent; the row names the rest.
+        let short =
+            if key.0.is_some() { lane_title(&(None, key.1.clone(), key.2, key.3.clone())) } else { title.clone() };
+        timeline.lanes.push(Lane {
+            label: cut(&short),
+            title: title.clone(),
+            group: false,
+            member: key.0.is_some(),
+            y,
+        });
         let attempts = &lanes[key];
         for (i, span) in attempts.iter().enumerate() {
             let end = span.end_ms.unwrap_or(window_ms);
@@ -260,8 +297,20 @@ mod tests {
             spans.push(s);
         }
         let timeline = layout(&spans, 100);
-        let labels: Vec<_> = timeline.lanes.iter().map(|l| l.label.as_str()).collect();
-        assert_eq!(labels, ["fan › x", "fan › y", "each › #0 › body", "each › #1 › body"]);
+        let labels: Vec<_> = timeline.lanes.iter().map(|l| (l.label.as_str(), l.group)).collect();
+        assert_eq!(
+            labels,
+            [
+                ("fan: 2 calls", true),
+                ("x", false),
+                ("y", false),
+                ("each: 2 calls", true),
+                ("#0 › body", false),
+                ("#1 › body", false)
+            ]
+        );
+        assert_eq!(timeline.lanes[1].title, "fan › x", "the full place in the tooltip");
+        assert!(timeline.bars.iter().all(|bar| timeline.lanes.iter().any(|l| l.y == bar.y && !l.group)));
         assert!(timeline.gaps.is_empty());
     }
 
