@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use common::TestDb;
@@ -26,7 +27,10 @@ impl Chromedriver {
     async fn start() -> (Chromedriver, tokio::sync::MutexGuard<'static, ()>) {
         let turn = ONE_AT_A_TIME.lock().await;
         let port = common::free_port().unwrap();
+        // In a process group of its own, so that stopping it stops the browsers it started too,
+        // even when a failed test never closed its session.
         let child = std::process::Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -60,6 +64,8 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -92,6 +98,7 @@ async fn the_runs_page_in_a_browser_filters_by_status_from_its_counts() {
     let rows = browser.find_all(Locator::Css("tbody tr")).await.unwrap();
     assert_eq!(rows.len(), 2, "both runs listed");
     save_screenshot("runs-desktop", &browser.screenshot().await.unwrap());
+    assert_accessible(&browser, "the Runs page").await;
 
     // The FAILED count is a link to the failed runs.
     click(&browser, Locator::Css(r#".counts a.status-FAILED"#)).await;
@@ -147,6 +154,22 @@ async fn click(browser: &fantoccini::Client, locator: Locator<'_>) {
             Err(error) => panic!("clicking {locator:?}: {error}"),
         }
     }
+}
+
+/// Runs axe-core (tests/assets/axe-core, see its VERSIONS) on the page in the browser and fails on
+/// any serious or critical violation of WCAG 2 A or AA: contrast, labels, names, landmarks, ARIA.
+async fn assert_accessible(browser: &fantoccini::Client, page: &str) {
+    browser.execute(include_str!("assets/axe-core/axe.min.js"), vec![]).await.expect("axe-core loads");
+    let script = r#"
+        const done = arguments[arguments.length - 1];
+        axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}})
+          .then(result => done(result.violations
+              .filter(v => v.impact === "serious" || v.impact === "critical")
+              .map(v => v.id + " (" + v.impact + "): " + v.nodes.map(n => n.target.join(" ")).slice(0, 5).join(", "))))
+          .catch(error => done(["axe-core failed: " + error]));
+    "#;
+    let violations = browser.execute_async(script, vec![]).await.expect("axe-core runs");
+    assert_eq!(violations, json!([]), "{page}: accessibility violations");
 }
 
 /// Starts a one-step workflow calling `agent` through the API; answers the run_id.
@@ -229,8 +252,17 @@ async fn a_failed_runs_page_shows_the_failed_attempts_their_retries_and_the_erro
         )
         .await
         .unwrap();
-    assert_eq!(lanes, json!(["load-order", "checks › reserve-stock", "checks › charge-card"]));
+    assert_eq!(lanes, json!(["load-order", "reserve-stock", "charge-card"]));
+    let groups = browser
+        .execute(
+            "return [...document.querySelectorAll('svg.timeline .lane-group')].map(l => l.lastChild.textContent);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(groups, json!(["checks: 2 calls"]), "the parallel block's members under its name");
     save_screenshot("run-failed", &browser.screenshot().await.unwrap());
+    assert_accessible(&browser, "the Run page").await;
     // The plan graph: each step coloured by what happened to it; ship never ran.
     let outcomes = browser
         .execute("return [...document.querySelectorAll('.plan-graph [data-step]')].map(e => e.dataset.step + '=' + e.dataset.outcome);", vec![])
@@ -363,6 +395,9 @@ async fn the_workflows_agents_and_system_pages_read_on_a_laptop_and_a_phone() {
                 .unwrap();
             assert!(overflow.as_i64().unwrap() <= 0, "{path} at {width} px is wider than the screen by {overflow}");
             save_screenshot(&format!("{name}-{size}"), &browser.screenshot().await.unwrap());
+            if size == "desktop" {
+                assert_accessible(&browser, &path).await;
+            }
         }
         browser.close().await.unwrap();
     }
