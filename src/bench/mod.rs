@@ -12,6 +12,7 @@
 //! before runvisor's modes, so the two stand side by side.
 
 pub mod bound;
+pub mod dashboard;
 pub mod engine;
 pub mod procstat;
 pub mod services;
@@ -58,6 +59,9 @@ pub struct Args {
     /// Runs of the engine mode.
     #[arg(long, default_value_t = 50_000)]
     engine_runs: usize,
+    /// Runs in the database for the dashboard mode (with three attempts each).
+    #[arg(long, default_value_t = 100_000)]
+    dashboard_runs: i64,
     /// Runs in flight at once in the memory mode.
     #[arg(long, default_value_t = 100_000)]
     memory_runs: usize,
@@ -99,7 +103,9 @@ fn broker_modes() -> [(&'static str, Shape); 3] {
     ]
 }
 
-const ALL_MODES: [&str; 7] = ["throughput", "throughput-10", "throughput-par8", "latency", "bound", "engine", "memory"];
+/// Every mode; `dashboard` (page timings over a large history) only when asked for.
+const ALL_MODES: [&str; 8] =
+    ["throughput", "throughput-10", "throughput-par8", "latency", "bound", "engine", "memory", "dashboard"];
 
 pub async fn bench(out: Out, args: Args) -> anyhow::Result<()> {
     if let Some(unknown) = args.modes.iter().find(|m| !ALL_MODES.contains(&m.as_str())) {
@@ -141,6 +147,15 @@ pub async fn bench(out: Out, args: Args) -> anyhow::Result<()> {
             figures.push(json!({"plan": shape.label(), "figures": measured}));
         }
         emit(json!({"engine": "runvisor", "mode": "engine", "results": figures}));
+    }
+    if wants("dashboard") {
+        let database = match &args.database_url {
+            Some(url) => BenchDatabase::given(url).await?,
+            None => BenchDatabase::create(&args.postgres_admin_url).await?,
+        };
+        let result = dashboard::measure(&database, args.dashboard_runs).await;
+        database.drop_database().await;
+        emit(result?);
     }
     if wants("memory") {
         let figures = engine::memory(args.memory_runs).await?;
@@ -430,6 +445,9 @@ fn table(lines: &[Value]) -> String {
             continue;
         }
         let Some(mode) = line.get("mode").and_then(Value::as_str) else { continue };
+        if mode == "dashboard" {
+            continue; // page timings, not run figures: its JSON line has them
+        }
         let latency = line.get("latency").or_else(|| line.get("latency_under_load")).cloned().unwrap_or(Value::Null);
         let cpu = line.get("cpu_ms_per_run").cloned().unwrap_or(Value::Null);
         let (runs_per_s, calls_per_s) = match mode {

@@ -34,7 +34,10 @@ pub async fn now(db: &DatabaseConnection, at: NaiveDateTime) -> Result<Activity,
     for seconds in WINDOWS_S {
         let since = at - chrono::TimeDelta::seconds(seconds);
         let created = workflow_run::Entity::find().filter(C::CreatedAt.gte(since)).count(db).await?;
+        // A run's updated_at is never before its completed_at, so the indexed updated_at narrows
+        // the read to the window's rows before completed_at decides (completed_at has no index).
         let finished = workflow_run::Entity::find()
+            .filter(C::UpdatedAt.gte(since))
             .filter(C::CompletedAt.gte(since))
             .filter(
                 C::Status.is_in([RunStatus::Completed, RunStatus::Failed, RunStatus::Cancelled].map(|s| s.as_str())),
