@@ -51,3 +51,32 @@ fn every_mode_runs_and_reports_what_it_measured() {
     assert!(figures["bytes_per_run"].is_u64(), "{memory}");
     assert!(stderr.contains("runs/s"), "the table follows the lines: {stderr}");
 }
+
+#[test]
+fn the_dashboard_mode_seeds_a_history_and_times_every_page() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_runvisor"))
+        .args(["bench", "--modes", "dashboard", "--dashboard-runs", "300", "-o", "json"])
+        .args(["--postgres-admin-url", &common::postgres_admin_url()])
+        .output()
+        .expect("runvisor bench starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line: Value = stdout
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .find(|line| line["mode"] == "dashboard")
+        .unwrap_or_else(|| panic!("no dashboard line: {stdout}"));
+    assert_eq!((line["runs"].as_u64(), line["attempts"].as_u64()), (Some(300), Some(300 * 3 + 1000)), "{line}");
+    let pages = line["pages"].as_object().unwrap();
+    assert_eq!(pages.len(), 8, "{line}");
+    for (name, page) in pages {
+        // Each page answered (the mode fails on an error status) with a body of its own.
+        assert!(page["bytes"].as_u64().unwrap() > 1000, "{name}: {page}");
+        assert!(page["median_ms"].as_f64().unwrap() > 0.0, "{name}: {page}");
+    }
+    // The long run's page carries every one of its 1,000 attempts.
+    assert!(
+        pages["run_1000_attempts"]["bytes"].as_u64().unwrap() > pages["run_3_attempts"]["bytes"].as_u64().unwrap() * 50
+    );
+}
