@@ -20,8 +20,10 @@
 //! ```
 //!
 //! Beside the tree, in `runvisor api` and `dev` processes: the HTTP API ([`api`], axum), whose
-//! handlers call the queries and commands of [`service`]; and in every long-running process an
-//! outbox relay ([`service::outbox`]) that publishes requests an API could not.
+//! handlers call the queries and commands of [`service`], with the dashboard ([`dashboard`]) on the
+//! same server and its change feed (one database poller, pushing server-sent events to open pages);
+//! and in every long-running process an outbox relay ([`service::outbox`]) that publishes requests
+//! an API could not.
 //!
 //! The path of a request from the HTTP API: `POST /workflows/{id}/execute` → [`service::runs`]
 //! inserts the PENDING run, its execution request (into `runvisor_outbox`) and an audit row in one
@@ -52,11 +54,12 @@
 //! - [`plan`]: the plan model, validation (and a cache of validated plans), the `${…}` language,
 //!   input mapping and conditions;
 //! - [`kafka`]: the transport: ingress actor and poll loop, offsets, group health, producers, the
-//!   embedded broker;
+//!   consumer lag as the broker sees it, the embedded broker;
 //! - [`wire`]: the messages on the topics, shared by the API, Kafka and the actors, and
 //!   depending on none of them;
 //! - [`api`]: the HTTP routes, one file per resource, thin over [`service`];
-//! - [`dashboard`]: the run dashboard in the browser, server-rendered pages under `/ui`;
+//! - [`dashboard`]: the run dashboard in the browser, server-rendered pages under `/ui`, live
+//!   through server-sent events from a database change feed;
 //! - [`service`]: queries and commands on workflows, agents and runs (shared by the API and the CLI),
 //!   the outbox, audit rows, validation of request fields;
 //! - [`modes`]: the composition root: `consume`, `api`, `dev` assembled from the parts above;

@@ -287,6 +287,10 @@ async fn the_system_page_shows_what_runs_now_and_how_fast_attempts_end() {
         // One run finished in the last minute: 1/60 runs/s; its one attempt has a latency.
         assert!(html.contains(r#"<p class="big">0.02</p><p class="muted">finished"#), "{backend:?}: {html}");
         assert!(html.contains("<dt>p50</dt>") && html.contains("<dt>attempts</dt><dd>1</dd>"), "{backend:?}: {html}");
+        // The executors' consumer lag, read from the broker by the API process itself.
+        let lag = html.split(r#"<p class="big" id="lag">"#).nth(1).and_then(|rest| rest.split('<').next());
+        assert!(lag.is_some_and(|lag| lag.parse::<u64>().is_ok()), "{backend:?}: a lag figure: {html}");
+        assert!(html.contains("requests not yet taken, over"), "{backend:?}: {html}");
         let cancelled = api.post(&format!("/runs/{napping}/cancel"), &json!({})).await;
         assert_eq!(cancelled.status, StatusCode::OK, "{cancelled:?}");
         api.stop().await;

@@ -83,6 +83,19 @@ async fn requests_run_once_garbage_goes_to_the_dlq_and_cancellations_apply() {
     publish(&producer, &topic, "slow-1", &request("slow-1", slow)).await;
     publish(&producer, &topic, "good-2", &request("good-2", pipeline.clone())).await;
 
+    // No executor has read anything: every request published is lag, as the dashboard reads it
+    // from the broker without joining the group.
+    let lags = runvisor::kafka::lag::group_lag(
+        &broker.client_config(&config.kafka),
+        &config.kafka.group_id,
+        &topic,
+        Duration::from_secs(5),
+    )
+    .expect("the lag is read");
+    assert_eq!(lags.len() as i32, config.kafka.topic_partitions);
+    assert_eq!(lags.iter().map(|p| p.lag).sum::<i64>(), 9, "{lags:?}");
+    assert!(lags.iter().all(|p| p.committed.is_none()), "{lags:?}");
+
     let (tx, mut events) = mpsc::unbounded_channel();
     let monitoring = MonitoringSink::new(producer.clone(), config.kafka.monitoring_topic.clone());
     let sinks: Vec<Arc<dyn EventSink>> = vec![Arc::new(ChannelSink(tx)), Arc::new(monitoring)];

@@ -53,6 +53,8 @@ struct Inner {
     started: Instant,
     /// What changed, for the dashboard's live pages.
     live: Arc<crate::dashboard::live::LiveFeed>,
+    /// How to reach the broker, for the dashboard's reading of the executors' consumer lag.
+    kafka_client: rdkafka::ClientConfig,
     /// Turns true when the server begins to shut down: long-lived responses (event streams) end.
     stopping: tokio::sync::watch::Receiver<bool>,
 }
@@ -65,9 +67,15 @@ impl ApiState {
         metrics: names::Handle,
         live: Arc<crate::dashboard::live::LiveFeed>,
         stopping: tokio::sync::watch::Receiver<bool>,
+        kafka_client: rdkafka::ClientConfig,
     ) -> Self {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("a client");
-        Self(Arc::new(Inner { db, config, publisher, http, metrics, started: Instant::now(), live, stopping }))
+        let started = Instant::now();
+        Self(Arc::new(Inner { db, config, publisher, http, metrics, started, live, stopping, kafka_client }))
+    }
+
+    pub fn kafka_client(&self) -> &rdkafka::ClientConfig {
+        &self.0.kafka_client
     }
 
     pub fn live(&self) -> &Arc<crate::dashboard::live::LiveFeed> {

@@ -12,7 +12,7 @@
 //!
 //! Runs are found by `updated_at`, which every writer of a run's status sets (lease renewals do not
 //! touch it). Writers' clocks and commit order differ a little, so each poll reads back a window of
-//! [`OVERLAP`] before the newest change it has seen, and remembers which `(run, updated_at)` it has
+//! `OVERLAP` (2 s) before the newest change it has seen, and remembers which `(run, updated_at)` it has
 //! reported so the overlap is not reported twice. Attempts do not touch their run's row, so runs
 //! whose page is open (and only those) are watched by their attempt counts.
 

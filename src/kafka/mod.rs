@@ -3,12 +3,14 @@
 //! - [`offsets`]: the commit point of a partition whose runs finish out of order;
 //! - [`ingress`]: the ingress actor and its poll loop;
 //! - [`membership`]: group health: partitions nobody live consumes make the executors rejoin;
-//! - [`producer`]: monitoring updates, the dead-letter topic, and `runvisor submit`.
+//! - [`producer`]: monitoring updates, the dead-letter topic, and `runvisor submit`;
+//! - [`lag`]: the executors' consumer lag as the broker sees it, for the dashboard.
 //!
 //! `kafka.brokers = "embedded"` starts rdkafka's in-process mock cluster, so `runvisor run`/`dev`
 //! and the faster tests need no broker; everything else speaks to real brokers.
 
 pub mod ingress;
+pub mod lag;
 pub mod membership;
 pub mod offsets;
 pub mod producer;

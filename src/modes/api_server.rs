@@ -38,8 +38,16 @@ impl ApiServer {
         let metrics = crate::observability::metrics::install();
         let stop = watch::Sender::new(false);
         let live = Arc::new(LiveFeed::default());
-        let state =
-            ApiState::new(db.clone(), config.clone(), publisher.clone(), metrics, live.clone(), stop.subscribe());
+        let kafka = broker.client_config(&config.kafka);
+        let state = ApiState::new(
+            db.clone(),
+            config.clone(),
+            publisher.clone(),
+            metrics,
+            live.clone(),
+            stop.subscribe(),
+            kafka,
+        );
         let mut stopped = stop.subscribe();
         let server = tokio::spawn(serve(listener, state, async move {
             let _ = stopped.wait_for(|stop| *stop).await;
