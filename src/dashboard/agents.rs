@@ -95,8 +95,10 @@ pub async fn page(State(state): State<ApiState>) -> Result<Response, ApiError> {
         .into_iter()
         .map(|(name, source, target, status, timeout)| {
             let s = stats.remove(&name).unwrap_or_default();
-            let rate = (s.failed + s.cancelled) as f64 / s.attempts.max(1) as f64;
-            let ms = |ms: Option<i64>| ms.map(super::timeline::short_duration).unwrap_or_else(|| "–".into());
+            // Cancelled attempts (a cancelled run, a fork-join branch past its join) are not the
+            // agent's errors.
+            let rate = s.failed as f64 / s.attempts.max(1) as f64;
+            let ms = |ms: Option<i64>| ms.map(super::timeline::took).unwrap_or_else(|| "–".into());
             Row {
                 breaker: match (source, breakers.get(&name)) {
                     // Built-ins run in process and have no breaker.

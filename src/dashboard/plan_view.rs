@@ -116,6 +116,22 @@ pub fn outcomes(attempts: &[AttemptOutcome<'_>]) -> HashMap<String, Outcome> {
     by_step
 }
 
+/// Steps a failed run's error names (`Step 'x' (…) failed: …`, nested for compound steps) that made
+/// no attempt: a step can fail before calling anything (its input could not be resolved, say), and
+/// without this the graph would show it as not run. Marked failed in `outcomes`.
+pub fn mark_failed_before_any_attempt(outcomes: &mut HashMap<String, Outcome>, run_error: &str) {
+    let mut rest = run_error;
+    while let Some(at) = rest.find("Step '") {
+        rest = &rest[at + "Step '".len()..];
+        let Some(end) = rest.find('\'') else { break };
+        let outcome = outcomes.entry(rest[..end].to_string()).or_default();
+        if outcome.completed + outcome.failed + outcome.running + outcome.cancelled == 0 {
+            outcome.failed = 1;
+        }
+        rest = &rest[end..];
+    }
+}
+
 /// The graph of a stored plan document, or why there is none to draw (no plan stored, or one that
 /// does not validate: a definition saved before a rule was added, say).
 pub fn graph(document: Option<&serde_json::Value>, outcomes: &HashMap<String, Outcome>) -> Result<Vec<Item>, String> {
@@ -303,6 +319,17 @@ mod tests {
             Item::Step { .. } => d,
         });
         assert_eq!(depth, 0);
+    }
+
+    #[test]
+    fn steps_the_error_names_that_never_started_are_failed_not_unrun() {
+        let mut outcomes = outcomes(&[attempt("stocks", 1, "COMPLETED")]);
+        let error = "Step 'fan-out' (parallel) failed: Parallel execution failed: 1 step(s) failed: weather. \
+                     Failed: Step 'weather' (agent: sleep) failed: cannot resolve ${workflow.input.city}";
+        mark_failed_before_any_attempt(&mut outcomes, error);
+        assert_eq!(outcomes["weather"].class(), "FAILED");
+        assert_eq!(outcomes["fan-out"].class(), "FAILED");
+        assert_eq!(outcomes["stocks"].class(), "COMPLETED", "a step that ran keeps its own outcome");
     }
 
     #[test]

@@ -29,6 +29,8 @@ struct Header {
     run_id: String,
     workflow_name: String,
     workflow_id: String,
+    /// The definition's page, for runs of a stored definition.
+    workflow_link: Option<String>,
     status: String,
     created_at: String,
     /// "took 1.2 s", or "running for 3 s".
@@ -106,13 +108,14 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
             branch_name: row.branch_name.clone(),
             loop_iteration_index: row.loop_iteration_index,
             attempt: row.attempt,
+            retry_round: row.retry_round,
             status: row.status.as_str().into(),
             start_ms: since_origin(&row.started_at),
             end_ms: row.completed_at.as_ref().map(since_origin),
         })
         .collect();
     let finished = run.status.is_terminal();
-    let outcomes = plan_view::outcomes(
+    let mut outcomes = plan_view::outcomes(
         &rows
             .iter()
             .map(|row| AttemptOutcome {
@@ -124,6 +127,9 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
             })
             .collect::<Vec<_>>(),
     );
+    if let (RunStatus::Failed, Some(error)) = (run.status, &run.error_message) {
+        plan_view::mark_failed_before_any_attempt(&mut outcomes, error);
+    }
     // An inline plan is kept on the run; a stored definition's is read from it.
     let definition = match (&run.workflow_plan, run.workflow_definition_id) {
         (None, Some(id)) => crate::service::workflows::find(db, id).await.ok().map(|d| d.workflow_data),
@@ -152,6 +158,7 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
             took: if finished { format!("took {age}") } else { format!("running for {age}") },
             run_id: run.run_id,
             workflow_name: run.workflow_name,
+            workflow_link: run.workflow_definition_id.map(|id| format!("/ui/workflows/{id}")),
             workflow_id: run.workflow_id,
             status: run.status.as_str().into(),
             created_at: short_time(&run.created_at),
@@ -176,10 +183,7 @@ fn attempt(row: &step_execution::Model, origin: &NaiveDateTime) -> Attempt {
         (None, None, _) => String::new(),
     };
     let took = match row.completed_at {
-        Some(end) => match (end - row.started_at).num_milliseconds() {
-            0 => "<1 ms".into(),
-            ms => timeline::short_duration(ms),
-        },
+        Some(end) => timeline::took((end - row.started_at).num_milliseconds()),
         None if row.status == StepStatus::Running => "running".into(),
         None => String::new(),
     };

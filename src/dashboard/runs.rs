@@ -58,6 +58,8 @@ struct Count {
 struct Row {
     run_id: String,
     workflow_name: String,
+    /// This page filtered to the run's workflow.
+    workflow_link: String,
     status: String,
     created_at: String,
     took: String,
@@ -183,6 +185,10 @@ fn row(run: runs::RunResponse) -> Row {
     Row {
         created_at: run.created_at.get(..19).unwrap_or(&run.created_at).replace('T', " "),
         run_id: run.run_id,
+        workflow_link: format!(
+            "/ui/runs?{}",
+            serde_urlencoded::to_string([("workflow", &run.workflow_name)]).unwrap_or_default()
+        ),
         workflow_name: run.workflow_name,
         status: run.status,
         took,

@@ -62,7 +62,7 @@ pub async fn page(State(state): State<ApiState>) -> Result<Response, ApiError> {
             finished: per_second(*finished, *seconds),
         })
         .collect();
-    let ms = |q: f64| quantile(&found.attempt_ms, q).map(super::timeline::short_duration).unwrap_or_else(|| "–".into());
+    let ms = |q: f64| quantile(&found.attempt_ms, q).map(super::timeline::took).unwrap_or_else(|| "–".into());
     let in_flight = own_gauge(&state.metrics().render(), RUNS_IN_FLIGHT);
     let (client, kafka) = (state.kafka_client().clone(), &state.config().kafka);
     let (group, topic) = (kafka.group_id.clone(), kafka.requests_topic.clone());

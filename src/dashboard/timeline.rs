@@ -23,6 +23,9 @@ pub struct Span {
     pub branch_name: Option<String>,
     pub loop_iteration_index: Option<i32>,
     pub attempt: i32,
+    /// The run's retry round (0 before any Retry): attempts of different rounds are separated by a
+    /// person's Retry, not by a backoff.
+    pub retry_round: i32,
     pub status: String,
     pub start_ms: i64,
     /// `None` while it runs: the bar reaches the end of the window.
@@ -89,6 +92,7 @@ const BAR_HEIGHT: u32 = 16;
 const AXIS_HEIGHT: u32 = 22;
 /// A bar is never thinner than this, so an attempt of a millisecond is still seen and clicked.
 const MIN_BAR: f64 = 3.0;
+const RIGHT_MARGIN: u32 = 28;
 /// A wait narrower than this has its length in its tooltip only.
 const GAP_LABEL_ROOM: f64 = 56.0;
 /// Characters of a lane label that fit beside the axis.
@@ -99,7 +103,8 @@ type LaneKey = (Option<String>, Option<String>, Option<i32>, String);
 /// Lays out `spans` over `[0, window_ms]` (up to now, or to the run's end once it ended).
 pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
     let window_ms = window_ms.max(spans.iter().map(|s| s.end_ms.unwrap_or(s.start_ms)).max().unwrap_or(0)).max(1);
-    let plot = f64::from(WIDTH - LABEL_WIDTH - 10);
+    // Room on the right for the last tick's label, which is centred on its tick.
+    let plot = f64::from(WIDTH - LABEL_WIDTH - RIGHT_MARGIN);
     let x = |ms: i64| f64::from(LABEL_WIDTH) + plot * ms.clamp(0, window_ms) as f64 / window_ms as f64;
 
     // Lanes in the order their call first started (ties: the order the rows came in).
@@ -120,21 +125,24 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
     }
 
     // Calls of one compound step (a parallel block's members, a loop's iterations, a fork-join's
-    // branches) are grouped under a heading row, the groups in the order they began.
-    let mut groups: Vec<(Option<String>, Vec<LaneKey>)> = Vec::new();
-    for key in order {
-        match groups.iter_mut().find(|(parent, _)| *parent == key.0) {
-            Some((_, members)) => members.push(key),
-            None => groups.push((key.0.clone(), vec![key])),
+    // branches) are grouped under a heading row where the group began among the top-level calls;
+    // inside a group, by branch, then iteration, then start (a loop's body stays together per item).
+    let mut rows: Vec<(Option<&str>, Option<&LaneKey>)> = Vec::new();
+    let mut groups: Vec<&str> = Vec::new();
+    for key in &order {
+        match key.0.as_deref() {
+            None => rows.push((None, Some(key))),
+            Some(parent) if !groups.contains(&parent) => {
+                groups.push(parent);
+                rows.push((Some(parent), None));
+                let mut members: Vec<(usize, &LaneKey)> =
+                    order.iter().enumerate().filter(|(_, k)| k.0.as_deref() == Some(parent)).collect();
+                members.sort_by(|(a_start, a), (b_start, b)| (&a.1, a.2, a_start).cmp(&(&b.1, b.2, b_start)));
+                rows.extend(members.into_iter().map(|(_, key)| (None, Some(key))));
+            }
+            Some(_) => {}
         }
     }
-    let rows: Vec<(Option<&str>, Option<&LaneKey>)> = groups
-        .iter()
-        .flat_map(|(parent, members)| {
-            let heading = parent.as_deref().map(|parent| (Some(parent), None));
-            heading.into_iter().chain(members.iter().map(|key| (None, Some(key))))
-        })
-        .collect();
 
     let mut timeline = Timeline {
         width: WIDTH,
@@ -158,7 +166,7 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
         let y = AXIS_HEIGHT + LANE_HEIGHT * row as u32 + (LANE_HEIGHT - BAR_HEIGHT) / 2;
         let Some(key) = key else {
             let parent = heading.unwrap_or_default();
-            let calls = groups.iter().find(|(p, _)| p.as_deref() == Some(parent)).map_or(0, |(_, m)| m.len());
+            let calls = order.iter().filter(|k| k.0.as_deref() == Some(parent)).count();
             let title = format!("{parent}: {calls} call{}", if calls == 1 { "" } else { "s" });
             timeline.lanes.push(Lane { label: cut(&title), title, group: true, member: false, y });
             continue;
@@ -187,7 +195,11 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
                 status: span.status.clone(),
                 title: format!("{title}: attempt {} {} ({took})", span.attempt, span.status),
             });
-            if let (Some(next), Some(ended)) = (attempts.get(i + 1), span.end_ms) {
+            // The space before an attempt of a later round is a person's Retry, not a backoff: no
+            // dashed wait is drawn across it.
+            if let (Some(next), Some(ended)) = (attempts.get(i + 1), span.end_ms)
+                && next.retry_round == span.retry_round
+            {
                 let wait = (next.start_ms - ended).max(0);
                 let from = x(ended).max(left + MIN_BAR);
                 let width = (x(next.start_ms) - from).max(0.0);
@@ -228,6 +240,12 @@ fn ticks(window_ms: i64) -> Vec<i64> {
     (0..=window_ms / step).map(|i| i * step).collect()
 }
 
+/// How long something took: like [`short_duration`], but a zero reads "<1 ms" (stored times are to
+/// the microsecond; a zero is a fast call, not a missing figure).
+pub fn took(ms: i64) -> String {
+    if ms <= 0 { "<1 ms".into() } else { short_duration(ms) }
+}
+
 /// A length of time for an axis or a tooltip: 0, 250 ms, 1.5 s, 2 min 05 s.
 pub fn short_duration(ms: i64) -> String {
     match ms.max(0) {
@@ -254,6 +272,7 @@ mod tests {
             branch_name: None,
             loop_iteration_index: None,
             attempt,
+            retry_round: 0,
             status: if end.is_some() { "FAILED".into() } else { "RUNNING".into() },
             start_ms: start,
             end_ms: end,
@@ -269,11 +288,15 @@ mod tests {
         assert_eq!(timeline.bars[0].y, timeline.bars[1].y, "both attempts of a on one lane");
         assert_eq!(timeline.gaps.len(), 1);
         assert!(timeline.gaps[0].title.contains("waited 200 ms before attempt 2"), "{}", timeline.gaps[0].title);
-        let plot = f64::from(WIDTH - LABEL_WIDTH - 10);
+        // Room on the right for the last tick's label, which is centred on its tick.
+        let plot = f64::from(WIDTH - LABEL_WIDTH - RIGHT_MARGIN);
         assert!((timeline.gaps[0].width - plot * 0.2).abs() < 1e-6);
         assert_eq!(timeline.gaps[0].label.as_deref(), Some("200 ms"), "wide enough to be labelled");
         assert!(timeline.bars[2].title.ends_with("(running)"));
-        assert!((timeline.bars[2].x + timeline.bars[2].width - f64::from(WIDTH - 10)).abs() < 1e-6, "reaches now");
+        assert!(
+            (timeline.bars[2].x + timeline.bars[2].width - f64::from(WIDTH - RIGHT_MARGIN)).abs() < 1e-6,
+            "reaches now"
+        );
     }
 
     #[test]
@@ -312,6 +335,35 @@ mod tests {
         assert_eq!(timeline.lanes[1].title, "fan › x", "the full place in the tooltip");
         assert!(timeline.bars.iter().all(|bar| timeline.lanes.iter().any(|l| l.y == bar.y && !l.group)));
         assert!(timeline.gaps.is_empty());
+    }
+
+    #[test]
+    fn groups_sit_where_they_began_and_a_loops_body_stays_together_per_item() {
+        let mut spans = vec![span("b", "before", 1, 0, Some(5)), span("a", "after", 1, 200, Some(210))];
+        // Parallel loop iterations: both items' `prepare` start before either `process`.
+        for (id, step, iteration, start) in
+            [("p0", "prepare", 0, 10), ("p1", "prepare", 1, 11), ("q0", "process", 0, 50), ("q1", "process", 1, 51)]
+        {
+            let mut s = span(id, step, 1, start, Some(start + 20));
+            s.parent_step_id = Some("each".into());
+            s.loop_iteration_index = Some(iteration);
+            spans.push(s);
+        }
+        let timeline = layout(&spans, 300);
+        let labels: Vec<_> = timeline.lanes.iter().map(|l| l.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["before", "each: 4 calls", "#0 › prepare", "#0 › process", "#1 › prepare", "#1 › process", "after"]
+        );
+    }
+
+    #[test]
+    fn a_person_retrying_the_run_is_not_drawn_as_a_backoff() {
+        let mut second_round = span("a2", "a", 2, 5_000, Some(5_010));
+        second_round.retry_round = 1;
+        let timeline = layout(&[span("a1", "a", 1, 0, Some(10)), second_round], 6_000);
+        assert_eq!(timeline.bars.len(), 2);
+        assert!(timeline.gaps.is_empty(), "{:?}", timeline.gaps);
     }
 
     #[test]

@@ -61,8 +61,8 @@ fn banner(config: &Config, broker: &Broker, addr: SocketAddr, example: &uuid::Uu
         if broker.is_embedded() { "embedded (in this process)".to_string() } else { broker.bootstrap().to_string() };
     format!(
         "runvisor dev: executor, broker and API in one process (Ctrl-C stops it)\n\
-         \n  API      {base}{prefix}\n  docs     {base}/docs\n  metrics  {base}/metrics\n\
-         \n  database {}\n  broker   {broker}\n\
+         \n  dashboard {base}/ui\n  API       {base}{prefix}\n  docs      {base}/docs\n  metrics   {base}/metrics\n\
+         \n  database  {}\n  broker    {broker}\n\
          \nRun the example workflow, then look at the run it started:\n\
          \n  curl -s -X POST {base}{prefix}/workflows/{example}/execute -H 'Content-Type: application/json' -d '{{\"input_data\": {{\"topic\": \"rust\"}}}}'\n\
          \n  curl -s {base}{prefix}/runs/<run_id>\n",
