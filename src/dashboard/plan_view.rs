@@ -179,6 +179,15 @@ pub fn items(plan: &Plan, outcomes: &HashMap<String, Outcome>) -> Vec<Item> {
     out
 }
 
+/// Outside a run (no outcomes at all) a step is only planned: no colour, no "not run".
+fn shown_class(outcome: &Outcome, outcomes: &HashMap<String, Outcome>) -> &'static str {
+    if outcomes.is_empty() { "PLANNED" } else { outcome.class() }
+}
+
+fn shown_summary(outcome: &Outcome, outcomes: &HashMap<String, Outcome>) -> String {
+    if outcomes.is_empty() { String::new() } else { outcome.summary() }
+}
+
 /// Deeper nesting than this is drawn as a plain step: no real plan nests so deep, and the page
 /// must not grow without bound on a hostile one.
 const MAX_DEPTH: usize = 12;
@@ -190,8 +199,8 @@ fn draw(plan: &Plan, id: &str, outcomes: &HashMap<String, Outcome>, out: &mut Ve
         out.push(Item::Step {
             step_id: id.into(),
             agent: agent_name.clone(),
-            class: total.class(),
-            summary: total.summary(),
+            class: shown_class(&total, outcomes),
+            summary: shown_summary(&total, outcomes),
         });
         return total;
     }
@@ -251,8 +260,8 @@ fn draw(plan: &Plan, id: &str, outcomes: &HashMap<String, Outcome>, out: &mut Ve
         step_id: id.into(),
         kind: step.kind.type_name(),
         detail,
-        class: total.class(),
-        summary: total.summary(),
+        class: shown_class(&total, outcomes),
+        summary: shown_summary(&total, outcomes),
     };
     total
 }
@@ -343,6 +352,13 @@ mod tests {
                 let plan = plan(document);
                 let items = items(&plan, &HashMap::new());
                 let drawn = items.iter().filter(|i| matches!(i, Item::Step { .. } | Item::Open { .. })).count();
+                let planned = items.iter().all(|i| match i {
+                    Item::Step { class, summary, .. } | Item::Open { class, summary, .. } => {
+                        *class == "PLANNED" && summary.is_empty()
+                    }
+                    _ => true,
+                });
+                assert!(planned, "{path:?}: outside a run, nothing is coloured or called unrun");
                 assert!(drawn >= plan.main_chain.len(), "{path:?}");
             }
         }

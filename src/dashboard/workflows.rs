@@ -110,7 +110,7 @@ pub async fn page(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
             "workflows",
         );
     };
-    super::page_or_missing(render(&state, id, "{}".into(), None).await, "workflows")
+    super::page_or_missing(render(&state, id, String::new(), None).await, "workflows")
 }
 
 async fn render(
@@ -120,6 +120,8 @@ async fn render(
     input_error: Option<String>,
 ) -> Result<WorkflowPage, ServiceError> {
     let workflow = workflows::get(state.db(), id).await?;
+    // A first visit's editor starts with the inputs the plan reads, to be filled in.
+    let input = if input.is_empty() { input_template(&workflow.workflow_data) } else { input };
     let versions = workflows::versions(state.db(), id, PageRequest { page: 1, page_size: VERSIONS }).await?;
     let (plan_items, plan_missing) = match plan_view::graph(Some(&workflow.workflow_data), &Default::default()) {
         Ok(items) => (items, None),
@@ -177,6 +179,26 @@ pub async fn execute(
     }
 }
 
+/// `{"city": ""}` for a plan that reads `${workflow.input.city}`: every top-level input field the
+/// plan's templates name; `{}` when it reads none.
+fn input_template(plan: &Value) -> String {
+    const MARK: &str = "${workflow.input.";
+    let text = plan.to_string();
+    let mut fields = Map::new();
+    for (at, _) in text.match_indices(MARK) {
+        let name: String =
+            text[at + MARK.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '-').collect();
+        if !name.is_empty() {
+            fields.entry(name).or_insert(Value::String(String::new()));
+        }
+    }
+    if fields.is_empty() {
+        "{}".into()
+    } else {
+        serde_json::to_string_pretty(&Value::Object(fields)).unwrap_or_default()
+    }
+}
+
 /// The editor's text as a run's input: a JSON object, or the reason it is not one.
 fn input_object(text: &str) -> Result<Map<String, Value>, String> {
     match serde_json::from_str::<Value>(text) {
@@ -189,6 +211,14 @@ fn input_object(text: &str) -> Result<Map<String, Value>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_editor_starts_with_the_inputs_the_plan_reads() {
+        let plan = serde_json::json!({"steps": {"a": {"input_mapping": {"c": "${workflow.input.city}", "d": "${workflow.input.days} days", "e": "${workflow.input.city}"}}}});
+        let template: Value = serde_json::from_str(&input_template(&plan)).unwrap();
+        assert_eq!(template, serde_json::json!({"city": "", "days": ""}));
+        assert_eq!(input_template(&serde_json::json!({"steps": {}})), "{}");
+    }
 
     #[test]
     fn only_a_json_object_is_a_runs_input() {
