@@ -98,7 +98,7 @@ pub async fn page(State(state): State<ApiState>) -> Result<Response, ApiError> {
             // Cancelled attempts (a cancelled run, a fork-join branch past its join) are not the
             // agent's errors.
             let rate = s.failed as f64 / s.attempts.max(1) as f64;
-            let ms = |ms: Option<i64>| ms.map(super::timeline::took).unwrap_or_else(|| "–".into());
+            let ms = |ms: Option<i64>| ms.map(super::format::took).unwrap_or_else(|| "–".into());
             Row {
                 breaker: match (source, breakers.get(&name)) {
                     // Built-ins run in process and have no breaker.

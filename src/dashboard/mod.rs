@@ -24,6 +24,7 @@ pub mod agents;
 pub mod assets;
 pub mod auth;
 pub mod events;
+pub mod format;
 pub mod live;
 pub mod plan_view;
 pub mod run;

@@ -16,6 +16,7 @@ use chrono::NaiveDateTime;
 use entity::{RunStatus, StepStatus, step_execution};
 use serde_json::Value;
 
+use super::format;
 use super::plan_view::{self, AttemptOutcome, Item};
 use super::timeline::{self, Span, Timeline};
 use crate::api::ApiState;
@@ -98,7 +99,7 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
     // otherwise squeeze its whole execution into the right edge. The wait is shown as a fact.
     let origin = rows.iter().map(|row| row.started_at).min().unwrap_or(run.created_at);
     let since_origin = |at: &NaiveDateTime| (*at - origin).num_milliseconds();
-    let queued = rows.first().map(|_| timeline::short_duration((origin - run.created_at).num_milliseconds()));
+    let queued = rows.first().map(|_| format::duration((origin - run.created_at).num_milliseconds()));
     let spans: Vec<Span> = rows
         .iter()
         .map(|row| Span {
@@ -140,7 +141,7 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
             Ok(items) => (items, None),
             Err(why) => (Vec::new(), Some(why)),
         };
-    let age = timeline::short_duration((end - run.created_at).num_milliseconds());
+    let age = format::duration((end - run.created_at).num_milliseconds());
     Ok(RunPage {
         assets: super::ASSETS,
         section: "runs",
@@ -161,7 +162,7 @@ async fn render(state: &ApiState, run_id: &str, notice: Option<String>) -> Resul
             workflow_link: run.workflow_definition_id.map(|id| format!("/ui/workflows/{id}")),
             workflow_id: run.workflow_id,
             status: run.status.as_str().into(),
-            created_at: short_time(&run.created_at),
+            created_at: format::timestamp(&iso(&run.created_at)),
             queued,
             error: run.error_message,
             triggered_by: run.triggered_by.unwrap_or_default(),
@@ -183,7 +184,7 @@ fn attempt(row: &step_execution::Model, origin: &NaiveDateTime) -> Attempt {
         (None, None, _) => String::new(),
     };
     let took = match row.completed_at {
-        Some(end) => timeline::took((end - row.started_at).num_milliseconds()),
+        Some(end) => format::took((end - row.started_at).num_milliseconds()),
         None if row.status == StepStatus::Running => "running".into(),
         None => String::new(),
     };
@@ -195,7 +196,7 @@ fn attempt(row: &step_execution::Model, origin: &NaiveDateTime) -> Attempt {
         attempt: row.attempt,
         retry_round: row.retry_round,
         status: row.status.as_str().into(),
-        started_at: format!("+{}", timeline::short_duration((row.started_at - *origin).num_milliseconds())),
+        started_at: format!("+{}", format::duration((row.started_at - *origin).num_milliseconds())),
         took,
         executor_id: row.executor_id.clone().unwrap_or_default(),
         input: pretty(&row.input_data),
@@ -206,11 +207,6 @@ fn attempt(row: &step_execution::Model, origin: &NaiveDateTime) -> Attempt {
 
 fn pretty(value: &Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-}
-
-fn short_time(at: &NaiveDateTime) -> String {
-    let text = iso(at);
-    text.get(..19).unwrap_or(&text).replace('T', " ")
 }
 
 /// `POST /ui/runs/{run_id}/cancel`.

@@ -179,11 +179,11 @@ fn row(run: runs::RunResponse) -> Row {
     // The API's timestamps: naive UTC, with microseconds when there are any.
     let parse = |text: &str| NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f").ok();
     let took = match (parse(&run.created_at), run.completed_at.as_deref().and_then(parse)) {
-        (Some(start), Some(end)) => duration((end - start).num_milliseconds()),
+        (Some(start), Some(end)) => super::format::duration((end - start).num_milliseconds()),
         _ => String::new(),
     };
     Row {
-        created_at: run.created_at.get(..19).unwrap_or(&run.created_at).replace('T', " "),
+        created_at: super::format::timestamp(&run.created_at),
         run_id: run.run_id,
         workflow_link: format!(
             "/ui/runs?{}",
@@ -193,17 +193,6 @@ fn row(run: runs::RunResponse) -> Row {
         status: run.status,
         took,
         error: run.error_message.unwrap_or_default(),
-    }
-}
-
-/// A duration as people read it: 840 ms, 3.2 s, 4 min 05 s, 2 h 10 min.
-fn duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    match ms {
-        0..1_000 => format!("{ms} ms"),
-        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{} min {:02} s", ms / 60_000, ms % 60_000 / 1000),
-        _ => format!("{} h {:02} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
     }
 }
 
@@ -233,14 +222,6 @@ mod tests {
         };
         let row = row(run);
         assert_eq!((row.took.as_str(), row.created_at.as_str()), ("1.3 s", "2026-12-02 14:27:31"));
-    }
-
-    #[test]
-    fn durations_read_as_people_say_them() {
-        assert_eq!(duration(840), "840 ms");
-        assert_eq!(duration(3_240), "3.2 s");
-        assert_eq!(duration(245_000), "4 min 05 s");
-        assert_eq!(duration(7_800_000), "2 h 10 min");
     }
 
     #[test]

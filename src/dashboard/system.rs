@@ -62,7 +62,7 @@ pub async fn page(State(state): State<ApiState>) -> Result<Response, ApiError> {
             finished: per_second(*finished, *seconds),
         })
         .collect();
-    let ms = |q: f64| quantile(&found.attempt_ms, q).map(super::timeline::took).unwrap_or_else(|| "–".into());
+    let ms = |q: f64| quantile(&found.attempt_ms, q).map(super::format::took).unwrap_or_else(|| "–".into());
     let in_flight = own_gauge(&state.metrics().render(), RUNS_IN_FLIGHT);
     let (client, kafka) = (state.kafka_client().clone(), &state.config().kafka);
     let (group, topic) = (kafka.group_id.clone(), kafka.requests_topic.clone());
@@ -84,7 +84,7 @@ pub async fn page(State(state): State<ApiState>) -> Result<Response, ApiError> {
         lag_partitions: lag.as_ref().map_or(0, Vec::len),
         lag_problem: lag.err(),
         in_flight,
-        uptime: super::timeline::short_duration(state.uptime().as_millis() as i64),
+        uptime: super::format::duration(state.uptime().as_millis() as i64),
     }
     .into_response())
 }

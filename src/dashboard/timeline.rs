@@ -12,6 +12,8 @@
 
 use std::collections::HashMap;
 
+use super::format::duration;
+
 /// One attempt, as the timeline needs it. Times are milliseconds since the axis's origin (the
 /// run's first attempt).
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +154,7 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
         lanes: Vec::new(),
         bars: Vec::new(),
         gaps: Vec::new(),
-        ticks: ticks(window_ms).into_iter().map(|ms| Tick { x: x(ms), label: short_duration(ms) }).collect(),
+        ticks: ticks(window_ms).into_iter().map(|ms| Tick { x: x(ms), label: duration(ms) }).collect(),
     };
     let cut = |text: &str| {
         if text.chars().count() > LABEL_CHARS {
@@ -186,7 +188,7 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
         for (i, span) in attempts.iter().enumerate() {
             let end = span.end_ms.unwrap_or(window_ms);
             let (left, right) = (x(span.start_ms), x(end));
-            let took = if span.end_ms.is_some() { short_duration(end - span.start_ms) } else { "running".into() };
+            let took = if span.end_ms.is_some() { duration(end - span.start_ms) } else { "running".into() };
             timeline.bars.push(Bar {
                 id: span.id.clone(),
                 x: left,
@@ -207,8 +209,8 @@ pub fn layout(spans: &[Span], window_ms: i64) -> Timeline {
                     x: from,
                     width,
                     y: y + BAR_HEIGHT / 2,
-                    label: (width >= GAP_LABEL_ROOM).then(|| short_duration(wait)),
-                    title: format!("{title}: waited {} before attempt {}", short_duration(wait), next.attempt),
+                    label: (width >= GAP_LABEL_ROOM).then(|| duration(wait)),
+                    title: format!("{title}: waited {} before attempt {}", duration(wait), next.attempt),
                 });
             }
         }
@@ -238,25 +240,6 @@ fn ticks(window_ms: i64) -> Vec<i64> {
     let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|s| *s >= raw).unwrap_or(10.0 * magnitude);
     let step = (step as i64).max(1);
     (0..=window_ms / step).map(|i| i * step).collect()
-}
-
-/// How long something took: like [`short_duration`], but a zero reads "<1 ms" (stored times are to
-/// the microsecond; a zero is a fast call, not a missing figure).
-pub fn took(ms: i64) -> String {
-    if ms <= 0 { "<1 ms".into() } else { short_duration(ms) }
-}
-
-/// A length of time for an axis or a tooltip: 0, 250 ms, 1.5 s, 2 min 05 s.
-pub fn short_duration(ms: i64) -> String {
-    match ms.max(0) {
-        0 => "0".into(),
-        ms @ 1..1_000 => format!("{ms} ms"),
-        ms @ 1_000..60_000 => {
-            let seconds = ms as f64 / 1000.0;
-            if ms % 1000 == 0 { format!("{seconds:.0} s") } else { format!("{seconds:.1} s") }
-        }
-        ms => format!("{} min {:02} s", ms / 60_000, ms % 60_000 / 1000),
-    }
 }
 
 #[cfg(test)]
@@ -370,8 +353,6 @@ mod tests {
     fn ticks_fall_on_round_numbers() {
         assert_eq!(ticks(1000), vec![0, 200, 400, 600, 800, 1000]);
         assert_eq!(ticks(45), vec![0, 10, 20, 30, 40]);
-        assert_eq!(short_duration(2_000), "2 s");
-        assert_eq!(short_duration(125_000), "2 min 05 s");
     }
 
     proptest! {

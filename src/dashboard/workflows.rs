@@ -42,7 +42,7 @@ impl From<&WorkflowResponse> for Row {
             version: w.version,
             status: w.status.clone(),
             steps: w.workflow_data.get("steps").and_then(Value::as_object).map_or(0, Map::len),
-            updated_at: w.updated_at.get(..19).unwrap_or(&w.updated_at).replace('T', " "),
+            updated_at: super::format::timestamp(&w.updated_at),
         }
     }
 }
