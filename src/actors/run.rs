@@ -218,7 +218,8 @@ enum ExecKind {
 #[derive(Debug)]
 struct AgentCall {
     agent: AgentHandle,
-    input: Value,
+    /// Shared with the StepActor of the attempt in flight, which holds it for the whole call.
+    input: Arc<Value>,
     /// Attempts made so far, counting those of earlier owners and earlier retries of the run:
     /// attempt rows are numbered by it.
     attempt: u32,
@@ -262,11 +263,26 @@ struct IterScope {
     outputs: HashMap<String, Value>,
 }
 
+/// Why `Start` is boxed: every run keeps a queue of actions for as long as it lives, sized for
+/// the largest; a boxed start keeps each slot at a finished step's size.
 #[derive(Debug)]
 enum Action {
-    Start { parent: ExecId, step_id: String, ctx: Ctx },
+    Start(Box<StartStep>),
     Attempt(ExecId),
     Finish(ExecId, StepResult),
+}
+
+#[derive(Debug)]
+struct StartStep {
+    parent: ExecId,
+    step_id: String,
+    ctx: Ctx,
+}
+
+impl Action {
+    fn start(parent: ExecId, step_id: String, ctx: Ctx) -> Action {
+        Action::Start(Box::new(StartStep { parent, step_id, ctx }))
+    }
 }
 
 /// The identity of the run's row, known even when the plan is not valid.
@@ -363,8 +379,12 @@ impl Actor for RunActor {
         message: RunMsg,
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed, like the handler below, for memory: ractor keeps an actor's message loop in one
+        // allocation sized for its largest handler future, and this one (the claim, the plan, the
+        // first writes inlined) is kilobytes. A RunActor spends nearly all its life idle between
+        // messages, so the box is allocated per message instead of held per run.
         let span = state.span.clone();
-        let handled = state.on_message(&myself, message).instrument(span).await;
+        let handled = Box::pin(state.on_message(&myself, message).instrument(span)).await;
         state.unless_fenced(&myself, handled)
     }
 
@@ -375,7 +395,7 @@ impl Actor for RunActor {
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
         let span = state.span.clone();
-        let handled = state.on_step_exit(&myself, event).instrument(span).await;
+        let handled = Box::pin(state.on_step_exit(&myself, event).instrument(span)).await;
         state.unless_fenced(&myself, handled)
     }
 }
@@ -624,6 +644,10 @@ impl RunState {
         self.deps.persistence.report(self.run_event(RunStatus::Running, None));
         metrics::counter!(names::RUNS_STARTED).increment(1);
         let main_chain = plan.main_chain.clone();
+        // One exec per step of the main chain and one for the chain itself: exactly what a
+        // sequential plan needs, where growing by doubling would leave up to half of it unused
+        // for the whole run.
+        self.execs.reserve_exact(1 + main_chain.len());
         self.plan = Some(plan);
         let root = self.add_exec(
             None,
@@ -730,7 +754,7 @@ impl RunState {
     /// Whether a recorded attempt made the call `id` is about to make: same agent, same input.
     fn same_call(&self, id: ExecId, row: &entity::step_execution::Model) -> bool {
         let ExecKind::Agent(call) = &self.execs[id].kind else { return false };
-        row.agent_name == call.agent.name() && row.input_data == call.input
+        row.agent_name == call.agent.name() && row.input_data == *call.input
     }
 
     fn add_exec(&mut self, parent: Option<ExecId>, step_id: String, ctx: Ctx, kind: ExecKind) -> ExecId {
@@ -745,7 +769,7 @@ impl RunState {
         match steps.get(*next) {
             Some(step_id) => {
                 *next += 1;
-                let action = Action::Start { parent: id, step_id: step_id.clone(), ctx: exec.ctx.clone() };
+                let action = Action::start(id, step_id.clone(), exec.ctx.clone());
                 self.queue.push_back(action);
             }
             None => {
@@ -764,8 +788,11 @@ impl RunState {
             // Work queued for an exec that was cancelled meanwhile (a halted loop, a timed-out
             // branch) is dropped.
             match action {
-                Action::Start { parent, .. } if self.execs[parent].finished => {}
-                Action::Start { parent, step_id, ctx } => self.start_step(myself, parent, step_id, ctx),
+                Action::Start(start) if self.execs[start.parent].finished => {}
+                Action::Start(start) => {
+                    let StartStep { parent, step_id, ctx } = *start;
+                    self.start_step(myself, parent, step_id, ctx)
+                }
                 Action::Attempt(id) if self.execs[id].finished => {}
                 Action::Attempt(id) => self.start_attempt(myself, id).await?,
                 Action::Finish(id, result) => self.finish(myself, id, result).await?,
@@ -793,7 +820,7 @@ impl RunState {
                 let delays = agent.retry_policy().backoff();
                 let call = AgentCall {
                     agent,
-                    input: Value::Object(input),
+                    input: Arc::new(Value::Object(input)),
                     attempt: 0,
                     before_retry: 0,
                     delays,
@@ -836,7 +863,7 @@ impl RunState {
                     ExecKind::Conditional { result, branch: branch.clone() },
                 );
                 match branch {
-                    Some(branch) => self.queue.push_back(Action::Start { parent: id, step_id: branch, ctx: child_ctx }),
+                    Some(branch) => self.queue.push_back(Action::start(id, branch, child_ctx)),
                     None => self.queue.push_back(Action::Finish(id, Ok(conditional_output(result, None, Value::Null)))),
                 }
             }
@@ -924,7 +951,7 @@ impl RunState {
         if let Some(member) = waiting.pop_front() {
             *running += 1;
             let ctx = exec.ctx.clone();
-            self.queue.push_back(Action::Start { parent: id, step_id: member, ctx });
+            self.queue.push_back(Action::start(id, member, ctx));
         }
     }
 
@@ -986,14 +1013,14 @@ impl RunState {
         let ctx = exec.ctx.clone();
         call.row_id = row_id.clone();
         let agent = call.agent.clone();
-        let input = call.input.clone();
+        let input = Arc::clone(&call.input);
 
         let row = AttemptStart {
             id: row_id.clone(),
             run_id: self.run_id.clone(),
             step_id: step_id.clone(),
             agent_name: agent.name().to_string(),
-            input: input.clone(),
+            input: Value::clone(&input),
             started_at: Self::now(),
             parent_step_id: ctx.parent_step_id.clone(),
             branch_name: ctx.branch_name.clone(),

@@ -21,7 +21,7 @@ pub struct StepActor;
 #[derive(Debug)]
 pub struct StepArgs {
     pub agent: AgentHandle,
-    pub input: Value,
+    pub input: Arc<Value>,
     pub context: CallContext,
     /// `executor.max_parallel_steps`, shared by every StepActor of the executor.
     pub global_limit: Arc<Semaphore>,
@@ -114,7 +114,7 @@ mod tests {
         let registry = AgentRegistry::new(&Config::defaults(), &[]);
         let args = StepArgs {
             agent: registry.get(agent).unwrap().clone(),
-            input,
+            input: Arc::new(input),
             context: CallContext {
                 run_id: "r".into(),
                 step_id: "s".into(),
