@@ -49,7 +49,14 @@ impl TestApi {
         let server = ApiServer::start(&config, db.db.clone(), &broker).await.expect("the API starts");
         TestApi {
             base: format!("http://{}", server.addr()),
-            client: reqwest::Client::new(),
+            // Deadlines on every request, so a server that stops answering fails the test with
+            // a message instead of stalling CI (the callers' polling deadlines cannot fire while
+            // one request hangs). A per-read timeout, not a total one: event streams stay open.
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(60))
+                .build()
+                .expect("an HTTP client"),
             config,
             db,
             server: Some(server),
