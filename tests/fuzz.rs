@@ -288,7 +288,7 @@ fn templates_parsed_and_resolved() {
     );
     fuzz("templates", mapping, |fields| {
         let fields: Map<String, Value> = fields.into_iter().collect();
-        if let Err(error) = mapping::resolve_input(&fields, &scope) {
+        if let Err(error) = mapping::InputMapping::parse(fields).resolve(&scope) {
             prop_assert!(!error.to_string().is_empty());
         }
         Ok(())

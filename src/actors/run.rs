@@ -808,7 +808,7 @@ impl RunState {
         let view = View { state: self, ctx: &ctx };
         match &step.kind {
             StepKind::Agent { agent_name } => {
-                let input = mapping::resolve_input(&step.input_mapping, &view);
+                let input = step.input_mapping.resolve(&view);
                 let agent = self.registry.get(agent_name).cloned();
                 let (input, agent) = match (input, agent) {
                     (Ok(input), Some(agent)) => (input, agent),

@@ -95,8 +95,8 @@ impl Plan {
 pub struct Step {
     pub id: String,
     pub next_step: Option<String>,
-    /// Field → value; string values are templates (see [`super::expr`]).
-    pub input_mapping: Map<String, Value>,
+    /// Field → value; string values are templates (see [`super::expr`]), parsed.
+    pub input_mapping: super::mapping::InputMapping,
     pub kind: StepKind,
 }
 

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::expr::type_name;
+use super::mapping::InputMapping;
 use super::model::*;
 
 /// Answers whether an agent name can be called. Implemented by the agent registry.
@@ -222,7 +223,7 @@ fn check_step(key: &str, raw: &Value, agents: &dyn AgentCatalog, problems: &mut 
     Some(Step {
         id: key.to_string(),
         next_step: doc.next_step,
-        input_mapping: doc.input_mapping.unwrap_or_default(),
+        input_mapping: InputMapping::parse(doc.input_mapping.unwrap_or_default()),
         kind: kind?,
     })
 }
