@@ -95,7 +95,7 @@ async fn plans_from_workflow_definitions_and_invalid_ones() {
             run_id: "from-definition".into(),
             plan: PlanSource::Definition(id),
             definition_id: Some(id),
-            input: json!({"x": 7}).as_object().unwrap().clone(),
+            input: json!({"x": 7}).into(),
             triggered_by: Some("test".into()),
         };
         let outcome = test.executor.run(stored).await.unwrap();

@@ -292,7 +292,7 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
             workflow_id: "w".into(),
             workflow_name: "w".into(),
             definition_id: None,
-            input: json!({}),
+            input: json!({}).into(),
             triggered_by: None,
             status,
             output: None,

@@ -75,7 +75,9 @@ pub struct RunRequest {
     pub run_id: String,
     pub plan: PlanSource,
     pub definition_id: Option<Uuid>,
-    pub input: Map<String, Value>,
+    /// The workflow's input, always a JSON object. Shared: the supervisor's record of the run, the
+    /// RunActor's expression scope and every write of the run's row hold this one value.
+    pub input: Arc<Value>,
     pub triggered_by: Option<String>,
 }
 
@@ -303,7 +305,7 @@ pub struct RunState {
     deps: Arc<RunDeps>,
     finished: Arc<OnceLock<RunOutcome>>,
     meta: RunMeta,
-    input: Value,
+    input: Arc<Value>,
     plan: Option<Arc<Plan>>,
     /// Attempt rows an earlier owner of this run recorded, by id: completed calls are not made
     /// again, calls it left RUNNING are ended and retried.
@@ -345,9 +347,8 @@ impl Actor for RunActor {
         let (workflow_id, workflow_name) = args.request.identity();
         let registry = args.deps.registry.current();
         let meta = RunMeta { workflow_id, workflow_name };
-        let mut request = args.request;
-        // The input lives once, as the JSON value expressions resolve against.
-        let input = Value::Object(std::mem::take(&mut request.input));
+        let request = args.request;
+        let input = Arc::clone(&request.input);
         Ok(RunState {
             span: tracing::info_span!("run", run_id = %request.run_id),
             run_id: request.run_id.clone(),
@@ -554,7 +555,7 @@ impl RunState {
             workflow_id: self.meta.workflow_id.clone(),
             workflow_name: self.meta.workflow_name.clone(),
             definition_id: self.request.definition_id,
-            input: self.input.clone(),
+            input: Arc::clone(&self.input),
             triggered_by: self.request.triggered_by.clone(),
             status,
             output,

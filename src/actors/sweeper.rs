@@ -94,14 +94,14 @@ pub fn resume_request(run: &workflow_run::Model) -> RunRequest {
         ),
     };
     let input = match &run.input_data {
-        Value::Object(fields) => fields.clone(),
-        _ => Default::default(),
+        Value::Object(_) => run.input_data.clone(),
+        _ => Value::Object(Default::default()),
     };
     RunRequest {
         run_id: run.run_id.clone(),
         plan,
         definition_id: run.workflow_definition_id,
-        input,
+        input: std::sync::Arc::new(input),
         triggered_by: run.triggered_by.clone(),
     }
 }

@@ -116,12 +116,12 @@ impl Harness {
     }
 
     pub fn submit(&self, run_id: &str, plan: Value, input: Value) -> oneshot::Receiver<RunOutcome> {
-        let Value::Object(input) = input else { panic!("input must be an object") };
+        assert!(input.is_object(), "input must be an object");
         let request = RunRequest {
             run_id: run_id.into(),
             plan: PlanSource::Inline(plan.into()),
             definition_id: None,
-            input,
+            input: input.into(),
             triggered_by: None,
         };
         let (tx, rx) = oneshot::channel();

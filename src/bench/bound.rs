@@ -47,7 +47,7 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
             workflow_id: "bench-bound".into(),
             workflow_name: "bench-bound".into(),
             definition_id: None,
-            input: json!({"value": 1}),
+            input: std::sync::Arc::new(json!({"value": 1})),
             triggered_by: None,
             status,
             output: status.is_terminal().then(|| json!({"value": 1, "counter": calls})),

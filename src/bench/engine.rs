@@ -77,7 +77,7 @@ impl Engine {
             run_id,
             plan: PlanSource::Inline(Arc::clone(plan)),
             definition_id: None,
-            input,
+            input: Arc::new(Value::Object(input)),
             triggered_by: None,
         };
         let (tx, rx) = oneshot::channel();

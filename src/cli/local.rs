@@ -113,7 +113,7 @@ pub async fn run(config: &Config, out: Out, args: RunArgs) -> Result<Exit, CliEr
         run_id: run_id.clone(),
         plan: PlanSource::Inline(document.into()),
         definition_id: None,
-        input,
+        input: std::sync::Arc::new(Value::Object(input)),
         triggered_by: Some("runvisor run".into()),
     };
     let exit = execute_here(config, &db, request).await?;

@@ -184,7 +184,9 @@ pub async fn retry(config: &Config, out: Out, run_id: &str, wait: bool) -> Resul
         run_id: run_id.to_string(),
         plan,
         definition_id: request.workflow_definition_id.as_deref().and_then(|id| uuid::Uuid::parse_str(id).ok()),
-        input: request.input_data.as_object().cloned().unwrap_or_default(),
+        input: std::sync::Arc::new(serde_json::Value::Object(
+            request.input_data.as_object().cloned().unwrap_or_default(),
+        )),
         triggered_by: Some("runvisor retry".into()),
     };
     let signalled = super::local::execute_here(config, &db, run).await?;

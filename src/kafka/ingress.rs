@@ -330,7 +330,7 @@ impl IngressState {
                         run_id: request.run_id,
                         definition_id: request.workflow_definition_id,
                         plan: request.plan,
-                        input: request.input_data,
+                        input: Arc::new(serde_json::Value::Object(request.input_data)),
                         triggered_by: request.triggered_by,
                     },
                     Request::Rejected { run_id, reason } => {
@@ -339,7 +339,7 @@ impl IngressState {
                             run_id,
                             plan: PlanSource::Unusable(reason),
                             definition_id: None,
-                            input: Default::default(),
+                            input: Arc::new(serde_json::Value::Object(Default::default())),
                             triggered_by: None,
                         }
                     }

@@ -163,12 +163,12 @@ impl TestDb {
 
 /// A request for an inline plan.
 pub fn request(run_id: &str, plan: serde_json::Value, input: serde_json::Value) -> RunRequest {
-    let serde_json::Value::Object(input) = input else { panic!("input must be an object") };
+    assert!(input.is_object(), "input must be an object");
     RunRequest {
         run_id: run_id.into(),
         plan: PlanSource::Inline(plan.into()),
         definition_id: None,
-        input,
+        input: input.into(),
         triggered_by: None,
     }
 }
