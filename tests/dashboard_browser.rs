@@ -17,6 +17,9 @@ use serde_json::json;
 struct Chromedriver {
     child: std::process::Child,
     port: u16,
+    /// This test's turn, held until the process group is gone (fields drop after `Drop::drop`),
+    /// so the next test never starts beside a dying Chromium. `None` once stopped by hand.
+    turn: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
 /// One browser test at a time: several Chromiums at once on two cores make every wait a race.
@@ -24,24 +27,77 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 impl Chromedriver {
     /// Starts chromedriver once no other test of this file holds one.
-    async fn start() -> (Chromedriver, tokio::sync::MutexGuard<'static, ()>) {
+    ///
+    /// Why not just wait for the port to accept connections: the port comes from binding port 0
+    /// and letting it go, and the other tests of this binary bind ephemeral ports of their own (API
+    /// servers, client connections). If one of them takes the port first, chromedriver cannot listen
+    /// on 127.0.0.1 — yet a connect succeeds, to the wrong server, and the session request fails
+    /// later with "connection refused" (CI, stop 18). So the driver counts as started only once its
+    /// own `/status` answers ready; otherwise it is stopped and tried again on another port.
+    async fn start() -> Chromedriver {
         let turn = ONE_AT_A_TIME.lock().await;
-        let port = common::free_port().unwrap();
-        // In a process group of its own, so that stopping it stops the browsers it started too,
-        // even when a failed test never closed its session.
-        let child = std::process::Command::new("chromedriver")
-            .process_group(0)
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("chromedriver is required (apt-get install chromium chromium-driver): {e}"));
+        let mut turn = Some(turn);
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = common::free_port().unwrap();
+            // In a process group of its own, so that stopping it stops the browsers it started too,
+            // even when a failed test never closed its session.
+            let child = std::process::Command::new("chromedriver")
+                .process_group(0)
+                .arg(format!("--port={port}"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("chromedriver is required (apt-get install chromium chromium-driver): {e}"));
+            let mut driver = Chromedriver { child, port, turn: turn.take() };
+            match driver.until_ready().await {
+                Ok(()) => return driver,
+                Err(why) => {
+                    failures.push(format!("port {port}: {why}"));
+                    turn = Some(driver.stop());
+                }
+            }
+        }
+        panic!("chromedriver did not start: {failures:?}");
+    }
+
+    /// Waits until this driver's own `/status` says it is ready for a session.
+    async fn until_ready(&mut self) -> Result<(), String> {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+        let status = format!("http://127.0.0.1:{}/status", self.port);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "chromedriver did not start listening");
+        loop {
+            if let Some(exit) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return Err(format!("chromedriver exited ({exit})"));
+            }
+            if let Ok(response) = client.get(&status).send().await {
+                let body: serde_json::Value = response.json().await.unwrap_or_default();
+                let message = body["value"]["message"].as_str().unwrap_or_default();
+                if body["value"]["ready"] == json!(true) && message.contains("ChromeDriver") {
+                    return Ok(());
+                }
+                if !message.contains("ChromeDriver") {
+                    return Err(format!("another server answers on the port: {body}"));
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("not ready within 20 s".into());
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        (Chromedriver { child, port }, turn)
+    }
+
+    /// Stops the driver and its browsers, handing back the turn for another try.
+    fn stop(mut self) -> tokio::sync::MutexGuard<'static, ()> {
+        self.kill();
+        self.turn.take().expect("a running driver holds the turn")
+    }
+
+    fn kill(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// A headless browser session of `width`×`height` pixels.
@@ -64,10 +120,9 @@ impl Chromedriver {
 
 impl Drop for Chromedriver {
     fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = std::process::Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.turn.is_some() {
+            self.kill();
+        }
     }
 }
 
@@ -90,7 +145,7 @@ async fn the_runs_page_in_a_browser_filters_by_status_from_its_counts() {
             .to_string();
         api.until_terminal(&run_id).await;
     }
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     // A browser opening the server's root lands on the dashboard.
     browser.goto(&api.url("/")).await.unwrap();
@@ -185,7 +240,7 @@ async fn start_run(api: &TestApi, name: &str, agent: &str, input: serde_json::Va
 #[tokio::test]
 async fn a_run_started_through_the_api_appears_live_and_turns_completed() {
     let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     browser.goto(&api.url("/ui/runs")).await.unwrap();
     browser.find(Locator::Css(".empty")).await.expect("no runs yet");
@@ -232,7 +287,7 @@ async fn a_failed_runs_page_shows_the_failed_attempts_their_retries_and_the_erro
             .unwrap()
             .to_string();
     api.until_terminal(&run_id).await;
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     browser.goto(&api.url("/ui/runs?status=FAILED")).await.unwrap();
     click(&browser, Locator::LinkText(&run_id)).await;
@@ -307,7 +362,7 @@ async fn a_failed_runs_page_shows_the_failed_attempts_their_retries_and_the_erro
 async fn cancel_on_a_running_runs_page_ends_it_cancelled() {
     let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
     let run_id = start_run(&api, "naps", "sleep", json!({"ms": 60_000})).await;
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     browser.goto(&api.url(&format!("/ui/runs/{run_id}"))).await.unwrap();
     // Live: the page turns RUNNING by itself once the executor starts the run.
@@ -329,7 +384,7 @@ async fn execute_with_invalid_json_shows_the_error_and_sends_nothing() {
     let api = TestApi::start(TestDb::sqlite().await, |_| {}).await;
     let plan = json!({"name": "greets", "start_step": "a", "steps": {"a": {"id": "a", "agent_name": "echo"}}});
     let id = api.post("/workflows", &plan).await.body["id"].as_str().unwrap().to_string();
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     let browser = driver.browser(1280, 900).await;
     browser.goto(&api.url("/ui/workflows")).await.unwrap();
     click(&browser, Locator::LinkText("greets")).await;
@@ -377,7 +432,7 @@ async fn the_workflows_agents_and_system_pages_read_on_a_laptop_and_a_phone() {
     let id = api.post("/workflows", &example).await.body["id"].as_str().unwrap().to_string();
     let run_id = start_run(&api, "greets", "echo", json!({"x": 1})).await;
     api.until_terminal(&run_id).await;
-    let (driver, _turn) = Chromedriver::start().await;
+    let driver = Chromedriver::start().await;
     for (width, height, size) in [(1280, 900, "desktop"), (390, 844, "phone")] {
         let browser = driver.browser(width, height).await;
         for (path, name, heading) in [
