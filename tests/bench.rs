@@ -38,6 +38,12 @@ fn every_mode_runs_and_reports_what_it_measured() {
     assert!(0.0 < p50 && p50 <= max, "{latency}");
     // The executor's share of a run is part of its latency.
     assert!(latency["claim_to_completed"]["p50_ms"].as_f64().unwrap() <= max, "{latency}");
+    // …and so is the wait before the claim; the slowest run's two parts are its own.
+    assert!(latency["publish_to_claim"]["p50_ms"].as_f64().unwrap() <= max, "{latency}");
+    let slowest = &latency["slowest_1pct"];
+    assert_eq!(slowest["runs"], 1, "{latency}");
+    let parts = slowest["publish_to_claim_ms"].as_f64().unwrap() + slowest["claim_to_completed_ms"].as_f64().unwrap();
+    assert!(parts <= slowest["latency_ms"].as_f64().unwrap() + 1.0, "{latency}");
     let bound = mode("bound");
     assert_eq!(bound["figures"]["rows"], 60 * 8);
     let engine = mode("engine");

@@ -163,8 +163,32 @@ pub async fn bench(out: Out, args: Args) -> anyhow::Result<()> {
     }
     if out.format == Format::Human {
         eprintln!("\n{}", table(&lines));
+        if let Some(split) = lines.iter().find_map(latency_split) {
+            eprintln!("{split}");
+        }
     }
     Ok(())
+}
+
+/// The latency mode's split at the claim, in one sentence under the table.
+fn latency_split(line: &Value) -> Option<String> {
+    if line.get("engine")?.as_str()? != "runvisor" || line.get("mode")?.as_str()? != "latency" {
+        return None;
+    }
+    let ms = |v: &Value| v.as_f64().map_or("–".into(), |x| format!("{x:.1}"));
+    let tail = &line["slowest_1pct"];
+    Some(format!(
+        "latency split at the claim: publish → claim p50 {} / p99 {} ms, claim → COMPLETED p50 {} / p99 {} ms; \
+         the slowest 1 % ({} runs, {} ms on average) spent {} ms before the claim and {} ms after it",
+        ms(&line["publish_to_claim"]["p50_ms"]),
+        ms(&line["publish_to_claim"]["p99_ms"]),
+        ms(&line["claim_to_completed"]["p50_ms"]),
+        ms(&line["claim_to_completed"]["p99_ms"]),
+        tail["runs"],
+        ms(&tail["latency_ms"]),
+        ms(&tail["publish_to_claim_ms"]),
+        ms(&tail["claim_to_completed_ms"]),
+    ))
 }
 
 /// The modes that need the broker and the database, against one executor process.
@@ -344,28 +368,93 @@ async fn latency(client: &mut Client, components: &Components<'_>, runs: usize) 
     let prefix = format!("latency-{}", uuid::Uuid::now_v7());
     let before = components.sample().await;
     let started = Instant::now();
-    let (mut latencies, mut acks) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut measured = Vec::with_capacity(runs);
     for i in 0..runs {
         let run_id = format!("{prefix}-{i}");
-        let at = Instant::now();
+        // The wall clock as well as the monotonic one: the executor's timestamps in the run's row
+        // are wall-clock, and the split below compares them with the publish (same machine).
+        let (at, published) = (Instant::now(), epoch_seconds());
         client.publish(&run_id, &plan, i).await?;
-        acks.push(at.elapsed());
+        let ack = at.elapsed();
         let ended = client.ended(&run_id, Duration::from_secs(60)).await?;
         if ended.status != "COMPLETED" {
             bail!("latency run {run_id} ended {}", ended.status);
         }
-        latencies.push(ended.at - at);
+        measured.push(Measured { run_id, published, ack, latency: ended.at - at });
     }
     let wall = started.elapsed().as_secs_f64();
     let after = components.sample().await;
-    let mut inside = components.database.run_durations(&format!("{prefix}-%")).await?;
+    let times = components.database.run_times(&format!("{prefix}-%")).await?;
+    let mut split = LatencySplit::of(&measured, &times);
+    let mut latencies: Vec<Duration> = measured.iter().map(|m| m.latency).collect();
+    let mut acks: Vec<Duration> = measured.iter().map(|m| m.ack).collect();
     Ok(json!({
         "engine": "runvisor", "mode": "latency", "plan": shape.label(), "n": runs, "wall_s": round3(wall),
         "latency": Percentiles::of(&mut latencies),
         "broker_ack": Percentiles::of(&mut acks),
-        "claim_to_completed": Percentiles::of(&mut inside),
+        "publish_to_claim": Percentiles::of(&mut split.to_claim),
+        "claim_to_completed": Percentiles::of(&mut split.inside),
+        "slowest_1pct": split.slowest(&measured),
         "cpu_ms_per_run": Components::per_run(before, after, runs),
     }))
+}
+
+/// One latency run as the client saw it.
+struct Measured {
+    run_id: String,
+    /// Wall-clock seconds since the epoch at the publish.
+    published: f64,
+    ack: Duration,
+    /// Publish → the COMPLETED commit's notification.
+    latency: Duration,
+}
+
+/// Each run's latency cut at its claim: before it, the request was in the producer, the broker and
+/// the executor's consumer; after it, in the executor and PostgreSQL. Per run, so that the tail can
+/// be attributed (the p99 of two parts does not add up to the p99 of the whole).
+struct LatencySplit {
+    /// Index-aligned with the measured runs; `None` for a run whose row was not found.
+    parts: Vec<Option<(Duration, Duration)>>,
+    to_claim: Vec<Duration>,
+    inside: Vec<Duration>,
+}
+
+impl LatencySplit {
+    fn of(measured: &[Measured], times: &std::collections::HashMap<String, services::RunTimes>) -> LatencySplit {
+        let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let parts: Vec<_> = measured
+            .iter()
+            .map(|m| times.get(&m.run_id).map(|t| (seconds(t.claimed - m.published), seconds(t.ended - t.claimed))))
+            .collect();
+        let to_claim = parts.iter().flatten().map(|p| p.0).collect();
+        let inside = parts.iter().flatten().map(|p| p.1).collect();
+        LatencySplit { parts, to_claim, inside }
+    }
+
+    /// The mean of each part over the slowest 1 % of runs (at least one): where the tail's time went.
+    fn slowest(&self, measured: &[Measured]) -> Value {
+        let mut order: Vec<usize> = (0..measured.len()).filter(|&i| self.parts[i].is_some()).collect();
+        order.sort_unstable_by_key(|&i| std::cmp::Reverse(measured[i].latency));
+        let tail = &order[..order.len().div_ceil(100).min(order.len())];
+        if tail.is_empty() {
+            return Value::Null;
+        }
+        let mean = |part: fn(&(Duration, Duration)) -> Duration| {
+            let total: Duration = tail.iter().filter_map(|&i| self.parts[i].as_ref()).map(part).sum();
+            round3(total.as_secs_f64() * 1000.0 / tail.len() as f64)
+        };
+        let latency: Duration = tail.iter().map(|&i| measured[i].latency).sum();
+        json!({
+            "runs": tail.len(),
+            "latency_ms": round3(latency.as_secs_f64() * 1000.0 / tail.len() as f64),
+            "publish_to_claim_ms": mean(|p| p.0),
+            "claim_to_completed_ms": mean(|p| p.1),
+        })
+    }
+}
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
 /// The machine, so a line read later says where it was measured.
@@ -484,4 +573,34 @@ fn table(lines: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tail is attributed run by run: the slowest runs' own parts, not the parts' percentiles.
+    #[test]
+    fn the_slowest_runs_are_split_at_their_own_claims() {
+        let mut measured = Vec::new();
+        let mut times = std::collections::HashMap::new();
+        for i in 0..200 {
+            // Every run takes 10 ms, 4 of them before the claim; runs 7 and 9 wait 40 ms for it.
+            let before_claim = if i == 7 || i == 9 { 0.040 } else { 0.004 };
+            let published = 1_000.0 + i as f64;
+            let run_id = format!("r{i}");
+            let latency = Duration::from_secs_f64(before_claim + 0.006);
+            times.insert(
+                run_id.clone(),
+                services::RunTimes { claimed: published + before_claim, ended: published + before_claim + 0.006 },
+            );
+            measured.push(Measured { run_id, published, ack: Duration::ZERO, latency });
+        }
+        let split = LatencySplit::of(&measured, &times);
+        let tail = split.slowest(&measured);
+        assert_eq!(tail["runs"], 2);
+        assert!((tail["publish_to_claim_ms"].as_f64().unwrap() - 40.0).abs() < 0.01, "{tail}");
+        assert!((tail["claim_to_completed_ms"].as_f64().unwrap() - 6.0).abs() < 0.01, "{tail}");
+        assert_eq!(split.to_claim.len(), 200);
+    }
 }

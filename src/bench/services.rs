@@ -4,6 +4,7 @@
 //! The broker and the database may instead be given (`--brokers`, `--database-url`): then nothing
 //! is started or dropped, and the figures are those of the given services.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -90,6 +91,15 @@ impl Drop for Tansu {
     }
 }
 
+/// A run's claim and end, in seconds since the epoch, from its `workflow_runs` row.
+#[derive(Debug, Clone, Copy)]
+pub struct RunTimes {
+    /// `created_at`: the executor's clock when it claimed the run (it creates the row then).
+    pub claimed: f64,
+    /// `completed_at`: the executor's clock at the terminal write.
+    pub ended: f64,
+}
+
 /// A database of the benchmark's own on a PostgreSQL server, created empty and dropped at the end.
 #[derive(Debug)]
 pub struct BenchDatabase {
@@ -155,21 +165,24 @@ impl BenchDatabase {
         Ok(())
     }
 
-    /// Claim → terminal commit of the runs whose ids are `LIKE pattern`, as the executor's own
-    /// timestamps say: the executor's share of each run's latency.
-    pub async fn run_durations(&self, pattern: &str) -> anyhow::Result<Vec<Duration>> {
+    /// When each run whose id is `LIKE pattern` was claimed and when it ended, as the executor's
+    /// own timestamps say (seconds since the epoch; the columns hold UTC).
+    pub async fn run_times(&self, pattern: &str) -> anyhow::Result<HashMap<String, RunTimes>> {
         let db = Database::connect(&self.url).await?;
         let statement = sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
-            "SELECT EXTRACT(EPOCH FROM completed_at - created_at)::float8 AS s FROM workflow_runs WHERE run_id LIKE $1",
+            "SELECT run_id, EXTRACT(EPOCH FROM created_at)::float8 AS claimed, \
+             EXTRACT(EPOCH FROM completed_at)::float8 AS ended FROM workflow_runs WHERE run_id LIKE $1",
             [pattern.into()],
         );
         let rows = db.query_all_raw(statement).await?;
         db.close().await?;
         Ok(rows
             .iter()
-            .filter_map(|r| r.try_get::<f64>("", "s").ok())
-            .map(|s| Duration::from_secs_f64(s.max(0.0)))
+            .filter_map(|r| {
+                let times = RunTimes { claimed: r.try_get("", "claimed").ok()?, ended: r.try_get("", "ended").ok()? };
+                Some((r.try_get::<String>("", "run_id").ok()?, times))
+            })
             .collect())
     }
 
