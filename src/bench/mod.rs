@@ -179,7 +179,7 @@ fn latency_split(line: &Value) -> Option<String> {
     let tail = &line["slowest_1pct"];
     Some(format!(
         "latency split at the claim: publish → claim p50 {} / p99 {} ms, claim → COMPLETED p50 {} / p99 {} ms; \
-         the slowest 1 % ({} runs, {} ms on average) spent {} ms before the claim and {} ms after it",
+         the slowest 1 % of runs (n = {}, {} ms on average) spent {} ms before the claim and {} ms after it",
         ms(&line["publish_to_claim"]["p50_ms"]),
         ms(&line["publish_to_claim"]["p99_ms"]),
         ms(&line["claim_to_completed"]["p50_ms"]),

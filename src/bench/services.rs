@@ -139,7 +139,7 @@ impl BenchDatabase {
     /// backends serving other databases.
     pub async fn pids(&self) -> Vec<u32> {
         let Some(postmaster) = self.postmaster else { return Vec::new() };
-        let name = self.created.clone().unwrap_or_else(|| self.url.rsplit('/').next().unwrap_or_default().into());
+        let name = self.created.clone().unwrap_or_else(|| database_name(&self.url).into());
         let others = sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
             format!(
@@ -194,6 +194,12 @@ impl BenchDatabase {
             None => super::workload::remove_end_trigger(&self.admin).await,
         }
     }
+}
+
+/// The database a URL names: its last path segment, without the query (`…/db?host=/run/postgresql`).
+fn database_name(url: &str) -> &str {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    path.rsplit('/').next().unwrap_or_default()
 }
 
 /// The postmaster is the parent of every backend; a local server's only (else no CPU figure).
@@ -258,5 +264,15 @@ impl Drop for ExecutorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A given database's CPU is told apart by its name, so a URL's query must not stick to it.
+    #[test]
+    fn the_database_name_leaves_the_query_out() {
+        assert_eq!(super::database_name("postgres://u@h:5432/runs"), "runs");
+        assert_eq!(super::database_name("postgres://u@localhost/runs?host=/var/run/postgresql"), "runs");
     }
 }
