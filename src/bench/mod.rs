@@ -385,15 +385,15 @@ async fn latency(client: &mut Client, components: &Components<'_>, runs: usize) 
     let wall = started.elapsed().as_secs_f64();
     let after = components.sample().await;
     let times = components.database.run_times(&format!("{prefix}-%")).await?;
-    let mut split = LatencySplit::of(&measured, &times);
+    let split = LatencySplit::of(&measured, &times);
     let mut latencies: Vec<Duration> = measured.iter().map(|m| m.latency).collect();
     let mut acks: Vec<Duration> = measured.iter().map(|m| m.ack).collect();
     Ok(json!({
         "engine": "runvisor", "mode": "latency", "plan": shape.label(), "n": runs, "wall_s": round3(wall),
         "latency": Percentiles::of(&mut latencies),
         "broker_ack": Percentiles::of(&mut acks),
-        "publish_to_claim": Percentiles::of(&mut split.to_claim),
-        "claim_to_completed": Percentiles::of(&mut split.inside),
+        "publish_to_claim": Percentiles::of(&mut split.each(|p| p.0)),
+        "claim_to_completed": Percentiles::of(&mut split.each(|p| p.1)),
         "slowest_1pct": split.slowest(&measured),
         "cpu_ms_per_run": Components::per_run(before, after, runs),
     }))
@@ -413,22 +413,24 @@ struct Measured {
 /// the executor's consumer; after it, in the executor and PostgreSQL. Per run, so that the tail can
 /// be attributed (the p99 of two parts does not add up to the p99 of the whole).
 struct LatencySplit {
-    /// Index-aligned with the measured runs; `None` for a run whose row was not found.
+    /// Publish → claim and claim → end, index-aligned with the measured runs; `None` for a run
+    /// whose row was not found.
     parts: Vec<Option<(Duration, Duration)>>,
-    to_claim: Vec<Duration>,
-    inside: Vec<Duration>,
 }
 
 impl LatencySplit {
     fn of(measured: &[Measured], times: &std::collections::HashMap<String, services::RunTimes>) -> LatencySplit {
         let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
-        let parts: Vec<_> = measured
+        let parts = measured
             .iter()
             .map(|m| times.get(&m.run_id).map(|t| (seconds(t.claimed - m.published), seconds(t.ended - t.claimed))))
             .collect();
-        let to_claim = parts.iter().flatten().map(|p| p.0).collect();
-        let inside = parts.iter().flatten().map(|p| p.1).collect();
-        LatencySplit { parts, to_claim, inside }
+        LatencySplit { parts }
+    }
+
+    /// One part of every run whose row was found.
+    fn each(&self, part: fn(&(Duration, Duration)) -> Duration) -> Vec<Duration> {
+        self.parts.iter().flatten().map(part).collect()
     }
 
     /// The mean of each part over the slowest 1 % of runs (at least one): where the tail's time went.
@@ -601,6 +603,6 @@ mod tests {
         assert_eq!(tail["runs"], 2);
         assert!((tail["publish_to_claim_ms"].as_f64().unwrap() - 40.0).abs() < 0.01, "{tail}");
         assert!((tail["claim_to_completed_ms"].as_f64().unwrap() - 6.0).abs() < 0.01, "{tail}");
-        assert_eq!(split.to_claim.len(), 200);
+        assert_eq!(split.each(|p| p.0).len(), 200);
     }
 }
