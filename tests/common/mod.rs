@@ -31,7 +31,15 @@ pub fn postgres_admin_url() -> String {
 
 /// The directory of the contract's example plans.
 pub fn shared_examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/examples")
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/examples");
+    // A checkout without the shared contract beside it would otherwise fail later, as a plan that
+    // "does not validate" with nothing on stdout.
+    assert!(
+        dir.is_dir(),
+        "{} is missing: the tests need ../shared (the contract and its examples) beside the checkout",
+        dir.display()
+    );
+    dir
 }
 
 /// The project's own example plans.
