@@ -120,9 +120,8 @@ impl BenchDatabase {
         let name = format!("runvisor_bench_{}", std::process::id());
         admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name}")).await?;
         admin.execute_unprepared(&format!("CREATE DATABASE {name}")).await?;
-        let url = match admin_url.rsplit_once('/') {
-            Some((server, _)) => format!("{server}/{name}"),
-            None => bail!("--postgres-admin-url must end in /<database>: {admin_url}"),
+        let Some(url) = with_database(admin_url, &name) else {
+            bail!("--postgres-admin-url must end in /<database>: {admin_url}")
         };
         let postmaster = postmaster_pid(&admin).await;
         Ok(BenchDatabase { url, admin, created: Some(name), postmaster })
@@ -196,10 +195,23 @@ impl BenchDatabase {
     }
 }
 
-/// The database a URL names: its last path segment, without the query (`…/db?host=/run/postgresql`).
+/// A URL cut around the database it names: what comes before `/<database>`, the name, and the
+/// query with its `?`. The query is kept apart because its values may hold slashes of their own
+/// (`…/db?host=/var/run/postgresql`, the Unix-socket connection README recommends).
+fn database_parts(url: &str) -> Option<(&str, &str, &str)> {
+    let (path, query) = url.split_at(url.find(['?', '#']).unwrap_or(url.len()));
+    let (server, name) = path.rsplit_once('/')?;
+    Some((server, name, query))
+}
+
+/// The database a URL names, without the query.
 fn database_name(url: &str) -> &str {
-    let path = url.split(['?', '#']).next().unwrap_or_default();
-    path.rsplit('/').next().unwrap_or_default()
+    database_parts(url).map_or("", |(_, name, _)| name)
+}
+
+/// The same URL naming database `name` instead, query kept.
+fn with_database(url: &str, name: &str) -> Option<String> {
+    database_parts(url).map(|(server, _, query)| format!("{server}/{name}{query}"))
 }
 
 /// The postmaster is the parent of every backend; a local server's only (else no CPU figure).
@@ -274,5 +286,15 @@ mod tests {
     fn the_database_name_leaves_the_query_out() {
         assert_eq!(super::database_name("postgres://u@h:5432/runs"), "runs");
         assert_eq!(super::database_name("postgres://u@localhost/runs?host=/var/run/postgresql"), "runs");
+    }
+
+    /// The bench's own database is reached the way the admin URL reaches the server, socket included.
+    #[test]
+    fn the_bench_database_keeps_the_admin_urls_query() {
+        assert_eq!(
+            super::with_database("postgres://u@localhost/postgres?host=/var/run/postgresql", "b").as_deref(),
+            Some("postgres://u@localhost/b?host=/var/run/postgresql")
+        );
+        assert_eq!(super::with_database("postgres://u@h:5432/postgres", "b").as_deref(), Some("postgres://u@h:5432/b"));
     }
 }
