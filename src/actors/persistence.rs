@@ -18,27 +18,33 @@
 //! it with backoff, indefinitely. An error that cannot pass (a constraint violation) is narrowed to
 //! the write that causes it by retrying one write at a time; that write is acknowledged with the
 //! error and dropped, so one bad write cannot stall everyone else's.
+//!
+//! Files: this one holds the writes' types, the journal, the handle writers use and the actor's
+//! loop; `batch` writes a batch in few multi-row statements (PostgreSQL), `rows` one write at a time,
+//! `fence` keeps a previous owner's writes off a run another executor took, and `reads` answers
+//! the reads and the claim that need a transaction of their own.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::NaiveDateTime;
-use entity::{RunStatus, StepStatus, agent, group_member, step_execution, workflow_definition, workflow_run};
+use entity::{RunStatus, StepStatus, agent, step_execution, workflow_definition, workflow_run};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
-    TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 mod batch;
 mod fence;
+mod reads;
+mod rows;
+
+use reads::answer;
+use rows::apply;
 
 use super::events::{Event, EventSink, NoEvents};
 use crate::config::PersistenceConfig;
@@ -704,361 +710,6 @@ async fn commit(db: &DatabaseConnection, batch: &[Arc<WriteOp>], check_owners: b
             None => Ok(changed.next().unwrap_or(0)),
         })
         .collect())
-}
-
-/// The row a [`RunWrite`] upserts.
-fn run_write_row(run: &RunWrite) -> workflow_run::ActiveModel {
-    let mut row = run_row(run);
-    row.completed_at = Set(run.status.is_terminal().then_some(run.at));
-    row.cancelled_at = Set((run.status == RunStatus::Cancelled).then_some(run.at));
-    row.lease_expires_at = Set(None);
-    row
-}
-
-/// What a [`RunWrite`] changes on an existing row.
-const RUN_WRITE_COLUMNS: [workflow_run::Column; 8] = [
-    workflow_run::Column::Status,
-    workflow_run::Column::UpdatedAt,
-    workflow_run::Column::CompletedAt,
-    workflow_run::Column::CancelledAt,
-    workflow_run::Column::CancelledBy,
-    workflow_run::Column::ErrorMessage,
-    workflow_run::Column::OutputData,
-    workflow_run::Column::LeaseExpiresAt,
-];
-
-/// The row an attempt's start inserts.
-fn attempt_row(attempt: &AttemptStart) -> step_execution::ActiveModel {
-    step_execution::ActiveModel {
-        id: Set(attempt.id.clone()),
-        run_id: Set(attempt.run_id.clone()),
-        step_id: Set(attempt.step_id.clone()),
-        step_name: Set(attempt.agent_name.clone()),
-        agent_name: Set(attempt.agent_name.clone()),
-        status: Set(StepStatus::Running),
-        input_data: Set(attempt.input.clone()),
-        output_data: Set(None),
-        started_at: Set(attempt.started_at),
-        completed_at: Set(None),
-        error_message: Set(None),
-        parent_step_id: Set(attempt.parent_step_id.clone()),
-        branch_name: Set(attempt.branch_name.clone()),
-        join_policy: Set(attempt.join_policy.clone()),
-        loop_iteration_index: Set(attempt.loop_iteration_index),
-        attempt: Set(attempt.attempt),
-        retry_round: Set(attempt.retry_round),
-        executor_id: Set(Some(attempt.owner.clone())),
-    }
-}
-
-/// The row a claim inserts: RUNNING, owned, leased.
-fn claim_row(claim: &Claim) -> workflow_run::ActiveModel {
-    let mut row = run_row(&claim.run);
-    let until = claim.run.at + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
-    row.status = Set(RunStatus::Running);
-    row.owner_id = Set(Some(claim.owner.clone()));
-    row.lease_expires_at = Set(Some(until));
-    row
-}
-
-/// A claim takes an existing row only if it is PENDING and was never claimed nor retried (an
-/// API-created run waiting for its first executor).
-fn claim_conflict() -> OnConflict {
-    use workflow_run::Column as C;
-    let run = |column| Expr::col((workflow_run::Entity, column));
-    let never_claimed =
-        run(C::Status).eq(RunStatus::Pending.as_str()).and(run(C::OwnerId).is_null()).and(run(C::RetryCount).eq(0));
-    let mut on_conflict = OnConflict::column(C::RunId);
-    on_conflict
-        .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
-        .action_and_where(never_claimed);
-    on_conflict
-}
-
-const TERMINAL_RUN: [&str; 3] = ["COMPLETED", "FAILED", "CANCELLED"];
-
-/// The row a [`RunWrite`] inserts when the run has none.
-fn run_row(run: &RunWrite) -> workflow_run::ActiveModel {
-    workflow_run::ActiveModel {
-        run_id: Set(run.run_id.clone()),
-        workflow_id: Set(run.workflow_id.clone()),
-        workflow_name: Set(run.workflow_name.clone()),
-        workflow_definition_id: Set(run.definition_id),
-        status: Set(run.status),
-        input_data: Set(Value::clone(&run.input)),
-        triggered_by: Set(run.triggered_by.clone()),
-        created_at: Set(run.at),
-        updated_at: Set(run.at),
-        completed_at: Set(None),
-        cancelled_at: Set(None),
-        cancelled_by: Set(run.cancelled_by.clone()),
-        error_message: Set(run.error.clone()),
-        output_data: Set(run.output.clone()),
-        owner_id: Set(run.owner.clone()),
-        lease_expires_at: Set(None),
-        retry_count: sea_orm::ActiveValue::NotSet,
-        retried_at: sea_orm::ActiveValue::NotSet,
-        workflow_plan: Set(run.plan.as_deref().cloned()),
-    }
-}
-
-async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64, DbErr> {
-    Ok(match op {
-        WriteOp::Run(run) => {
-            let row = run_write_row(run);
-            use workflow_run::Column as C;
-            let mut on_conflict = OnConflict::column(C::RunId);
-            let mut guard = Expr::col((workflow_run::Entity, C::Status)).is_not_in(TERMINAL_RUN);
-            if let Some(owner) = &run.owner {
-                let owner_col = Expr::col((workflow_run::Entity, C::OwnerId));
-                guard = guard.and(owner_col.clone().is_null().or(owner_col.eq(owner.as_str())));
-            }
-            if let Some(requested) = run.cancel_requested_at {
-                let retried = Expr::col((workflow_run::Entity, C::RetriedAt));
-                guard = guard.and(retried.clone().is_null().or(retried.lte(requested)));
-            }
-            on_conflict.update_columns(RUN_WRITE_COLUMNS).action_and_where(guard);
-            workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
-        }
-        WriteOp::ClaimNew(claim) => {
-            workflow_run::Entity::insert(claim_row(claim))
-                .on_conflict(claim_conflict())
-                .exec_without_returning(db)
-                .await?
-        }
-        WriteOp::AttemptStarted(attempt) => {
-            step_execution::Entity::insert(attempt_row(attempt))
-                .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
-                .exec_without_returning(db)
-                .await?
-        }
-        WriteOp::AttemptEnded(end) => {
-            use step_execution::Column as C;
-            step_execution::Entity::update_many()
-                .col_expr(C::Status, Expr::value(end.status.as_str()))
-                .col_expr(C::OutputData, Expr::value(end.output.clone()))
-                .col_expr(C::ErrorMessage, Expr::value(end.error.clone()))
-                .col_expr(C::CompletedAt, Expr::value(end.at))
-                .filter(C::Id.eq(end.id.as_str()))
-                .filter(C::Status.eq(StepStatus::Running))
-                .exec(db)
-                .await?
-                .rows_affected
-        }
-        WriteOp::AbandonAttempts { run_id, status, message, at, .. } => {
-            use step_execution::Column as C;
-            step_execution::Entity::update_many()
-                .col_expr(C::Status, Expr::value(status.as_str()))
-                .col_expr(C::ErrorMessage, Expr::value(message.as_str()))
-                .col_expr(C::CompletedAt, Expr::value(*at))
-                .filter(C::RunId.eq(run_id.as_str()))
-                .filter(C::Status.eq(StepStatus::Running))
-                .exec(db)
-                .await?
-                .rows_affected
-        }
-        WriteOp::Barrier => 0,
-    })
-}
-
-async fn answer(db: &DatabaseConnection, journal: &Journal, request: ReadRequest) {
-    let read_error = |e: DbErr| PersistError::Read(e.to_string());
-    match request {
-        ReadRequest::Agents(port) => {
-            let _ = port.send(agent::Entity::find().all(db).await.map_err(read_error));
-        }
-        ReadRequest::Definition(id, port) => {
-            let _ = port.send(workflow_definition::Entity::find_by_id(id).one(db).await.map_err(read_error));
-        }
-        ReadRequest::Run(run_id, port) => {
-            let result = async {
-                let Some(run) = workflow_run::Entity::find_by_id(run_id.as_str()).one(db).await? else {
-                    return Ok(None);
-                };
-                let steps = step_execution::Entity::find()
-                    .filter(step_execution::Column::RunId.eq(run_id.as_str()))
-                    .order_by_asc(step_execution::Column::StartedAt)
-                    .all(db)
-                    .await?;
-                Ok(Some((run, steps)))
-            }
-            .await
-            .map_err(read_error);
-            let _ = port.send(result);
-        }
-        ReadRequest::Claim(claim, port) => {
-            let claimed = (|| claim_run(db, &claim)).retry(contention_delays()).when(is_transient).await;
-            let _ = port.send(claimed.map_err(read_error));
-        }
-        ReadRequest::Renew { owner, until, runs, reply } => {
-            let asked = chrono::Utc::now().naive_utc();
-            let renewed = (|| renew(db, &owner, until, &runs)).retry(contention_delays()).when(is_transient).await;
-            if renewed.is_ok() {
-                journal.fence_free_until_ms.store(fence::free_until(asked, until), Ordering::Release);
-            }
-            let _ = reply.send(renewed.map_err(read_error));
-        }
-        ReadRequest::Release { owner, reply } => {
-            use workflow_run::Column as C;
-            let now = chrono::Utc::now().naive_utc();
-            let released = workflow_run::Entity::update_many()
-                .col_expr(C::LeaseExpiresAt, Expr::value(now))
-                .filter(C::OwnerId.eq(owner.as_str()))
-                .filter(C::Status.eq(RunStatus::Running))
-                .exec(db)
-                .await
-                .map(|r| r.rows_affected)
-                .map_err(read_error);
-            let _ = reply.send(released);
-        }
-        ReadRequest::Orphans { cutoff, limit, reply } => {
-            use workflow_run::Column as C;
-            let running = C::Status
-                .eq(RunStatus::Running)
-                .and(C::LeaseExpiresAt.lt(cutoff).or(C::LeaseExpiresAt.is_null().and(C::UpdatedAt.lt(cutoff))));
-            let pending = C::Status.eq(RunStatus::Pending).and(C::UpdatedAt.lt(cutoff));
-            let found = workflow_run::Entity::find()
-                .filter(running.or(pending))
-                .order_by_asc(C::UpdatedAt)
-                .limit(limit)
-                .all(db)
-                .await
-                .map_err(read_error);
-            let _ = reply.send(found);
-        }
-        ReadRequest::Membership { owner, until, held, reply } => {
-            let live = (|| report_membership(db, &owner, until, &held))
-                .retry(contention_delays())
-                .when(is_transient)
-                .await
-                .map_err(read_error);
-            let _ = reply.send(live);
-        }
-    }
-}
-
-/// How long a member's row is kept after it expired, for an operator looking at recent history.
-const EXPIRED_MEMBERS_KEPT: chrono::TimeDelta = chrono::TimeDelta::hours(1);
-
-async fn report_membership(
-    db: &DatabaseConnection,
-    owner: &str,
-    until: NaiveDateTime,
-    held: &[(String, Vec<i32>)],
-) -> Result<Vec<BTreeSet<i32>>, DbErr> {
-    use group_member::Column as C;
-    let now = chrono::Utc::now().naive_utc();
-    let txn = db.begin().await?;
-    for (group, partitions) in held {
-        let row = group_member::ActiveModel {
-            group_id: Set(group.clone()),
-            owner_id: Set(owner.to_string()),
-            partitions: Set(Value::from(partitions.clone())),
-            expires_at: Set(until),
-        };
-        group_member::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([C::GroupId, C::OwnerId]).update_columns([C::Partitions, C::ExpiresAt]).to_owned(),
-            )
-            .exec_without_returning(&txn)
-            .await?;
-    }
-    group_member::Entity::delete_many().filter(C::ExpiresAt.lt(now - EXPIRED_MEMBERS_KEPT)).exec(&txn).await?;
-    txn.commit().await?;
-    let mut live = Vec::with_capacity(held.len());
-    for (group, _) in held {
-        let rows = group_member::Entity::find().filter(C::GroupId.eq(group.as_str())).all(db).await?;
-        live.push(
-            rows.iter()
-                .filter(|row| row.expires_at > now)
-                .filter_map(|row| row.partitions.as_array())
-                .flatten()
-                .filter_map(|p| p.as_i64().and_then(|p| i32::try_from(p).ok()))
-                .collect(),
-        );
-    }
-    Ok(live)
-}
-
-/// Claims a run in one transaction (CONTRACT.md §7.2: two executors never run a run at once).
-async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<ClaimOutcome, DbErr> {
-    use workflow_run::Column as C;
-    let run_id = claim.run.run_id.as_str();
-    // Two executors may race to insert the same new run; the loser re-reads and finds it held.
-    for _ in 0..3 {
-        let now = chrono::Utc::now().naive_utc();
-        let until = now + chrono::Duration::from_std(claim.lease).unwrap_or(chrono::Duration::seconds(15));
-        let txn = db.begin().await?;
-        let mut select = workflow_run::Entity::find_by_id(run_id);
-        if db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            select = select.lock_exclusive();
-        }
-        let (taken_over, retry_round, retried_at) = match select.one(&txn).await? {
-            None => {
-                let mut row = run_row(&claim.run);
-                row.status = Set(RunStatus::Running);
-                row.owner_id = Set(Some(claim.owner.clone()));
-                row.lease_expires_at = Set(Some(until));
-                let inserted = workflow_run::Entity::insert(row)
-                    .on_conflict(OnConflict::column(C::RunId).do_nothing().to_owned())
-                    .exec_without_returning(&txn)
-                    .await?;
-                if inserted == 0 {
-                    txn.rollback().await?;
-                    continue;
-                }
-                (false, 0, None)
-            }
-            Some(row) if row.status.is_terminal() => {
-                txn.rollback().await?;
-                return Ok(ClaimOutcome::Terminal(Box::new(row)));
-            }
-            Some(row) => {
-                let held_by_other = row.owner_id.as_deref().is_some_and(|o| o != claim.owner);
-                if let (true, Some(lease)) = (held_by_other, row.lease_expires_at)
-                    && lease > now
-                {
-                    txn.rollback().await?;
-                    return Ok(ClaimOutcome::Held { owner: row.owner_id.unwrap_or_default(), until: lease });
-                }
-                workflow_run::Entity::update_many()
-                    .col_expr(C::Status, Expr::value(RunStatus::Running.as_str()))
-                    .col_expr(C::OwnerId, Expr::value(claim.owner.as_str()))
-                    .col_expr(C::LeaseExpiresAt, Expr::value(until))
-                    .col_expr(C::UpdatedAt, Expr::value(now))
-                    .filter(C::RunId.eq(run_id))
-                    .exec(&txn)
-                    .await?;
-                (row.status == RunStatus::Running && held_by_other, row.retry_count, row.retried_at)
-            }
-        };
-        txn.commit().await?;
-        let history = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
-        return Ok(ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at });
-    }
-    Err(DbErr::Custom(format!("could not claim run '{run_id}': it kept changing under the claim")))
-}
-
-async fn renew(
-    db: &DatabaseConnection,
-    owner: &str,
-    until: NaiveDateTime,
-    runs: &[String],
-) -> Result<Vec<LeaseState>, DbErr> {
-    use workflow_run::Column as C;
-    workflow_run::Entity::update_many()
-        .col_expr(C::LeaseExpiresAt, Expr::value(until))
-        .filter(C::OwnerId.eq(owner))
-        .filter(C::Status.eq(RunStatus::Running))
-        .exec(db)
-        .await?;
-    let mut states = Vec::with_capacity(runs.len());
-    for chunk in runs.chunks(500) {
-        let rows =
-            workflow_run::Entity::find().filter(C::RunId.is_in(chunk.iter().map(String::as_str))).all(db).await?;
-        states.extend(rows.into_iter().map(|r| LeaseState { run_id: r.run_id, status: r.status, owner: r.owner_id }));
-    }
-    Ok(states)
 }
 
 #[cfg(test)]

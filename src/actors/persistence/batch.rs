@@ -17,7 +17,8 @@ use entity::{StepStatus, step_execution, workflow_run};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryTrait, Statement};
 
-use super::{AttemptEnd, Claim, WriteOp, apply};
+use super::rows::{self, apply};
+use super::{AttemptEnd, Claim, WriteOp};
 
 /// How much one statement carries. Why so little: sqlx 0.9.0 leaves Nagle's algorithm on
 /// (transact-rs/sqlx#4335, fixed upstream but not released), so a statement that does not fit
@@ -125,7 +126,7 @@ pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteO
     };
     for chunk in statements(&starts, start_size) {
         let rows = chunk.iter().map(|&i| match &*batch[i] {
-            WriteOp::AttemptStarted(start) => super::attempt_row(start),
+            WriteOp::AttemptStarted(start) => rows::attempt_row(start),
             _ => unreachable!("chosen for being a start"),
         });
         step_execution::Entity::insert_many(rows)
@@ -167,7 +168,7 @@ pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteO
         };
         for chunk in statements(&runs, run_size) {
             let rows = chunk.iter().map(|&i| match &*batch[i] {
-                WriteOp::Run(run) => super::run_write_row(run),
+                WriteOp::Run(run) => rows::run_write_row(run),
                 _ => unreachable!("chosen for being a run write"),
             });
             workflow_run::Entity::insert_many(rows).on_conflict(owned_run_update()).exec_without_returning(txn).await?;
@@ -190,10 +191,10 @@ fn owned_run_update() -> OnConflict {
     let run = |column| Expr::col((workflow_run::Entity, column));
     let owner = run(C::OwnerId);
     let guard = run(C::Status)
-        .is_not_in(super::TERMINAL_RUN)
+        .is_not_in(rows::TERMINAL_RUN)
         .and(owner.clone().is_null().or(owner.eq(Expr::cust("excluded.owner_id"))));
     let mut on_conflict = OnConflict::column(C::RunId);
-    on_conflict.update_columns(super::RUN_WRITE_COLUMNS).action_and_where(guard);
+    on_conflict.update_columns(rows::RUN_WRITE_COLUMNS).action_and_where(guard);
     on_conflict
 }
 
@@ -203,9 +204,8 @@ async fn claim_many<'a>(
     claims: impl Iterator<Item = &'a Claim>,
 ) -> Result<HashSet<String>, DbErr> {
     use workflow_run::Column as C;
-    let mut insert = workflow_run::Entity::insert_many(claims.map(super::claim_row))
-        .on_conflict(super::claim_conflict())
-        .into_query();
+    let mut insert =
+        workflow_run::Entity::insert_many(claims.map(rows::claim_row)).on_conflict(rows::claim_conflict()).into_query();
     insert.returning_col(C::RunId);
     let statement = txn.get_database_backend().build(&insert);
     let won = txn.query_all_raw(statement).await?;
