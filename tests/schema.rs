@@ -274,7 +274,8 @@ async fn platform_inserts_get_defaults_and_read_back_through_the_entities() {
 }
 
 /// The writes of many runs in one batch: on PostgreSQL one statement per kind of write, on SQLite
-/// one per write. Both must leave the same rows and tell claimants the same thing.
+/// one per write. Both must leave the same rows and tell claimants the same thing; a claim's first
+/// attempt lands only with a claim that took its run.
 #[tokio::test]
 async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends() {
     use runvisor::actors::persistence::{
@@ -303,26 +304,29 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
             plan: None,
             at: now,
         };
-        let claim = |run_id: &str| {
-            let claim =
-                Claim { run: run(run_id, RunStatus::Running), owner: "me".into(), lease: Duration::from_secs(30) };
-            WriteOp::ClaimNew(Box::new(claim))
+        let attempt = |run_id: &str, id: &str| AttemptStart {
+            id: id.into(),
+            run_id: run_id.into(),
+            step_id: id.into(),
+            agent_name: "echo".into(),
+            input: json!({"n": 1}),
+            started_at: now,
+            parent_step_id: None,
+            branch_name: None,
+            join_policy: None,
+            loop_iteration_index: None,
+            attempt: 1,
+            retry_round: 0,
+            owner: "me".into(),
         };
-        let start = |run_id: &str, id: &str| {
-            WriteOp::AttemptStarted(Box::new(AttemptStart {
-                id: id.into(),
-                run_id: run_id.into(),
-                step_id: id.into(),
-                agent_name: "echo".into(),
-                input: json!({"n": 1}),
-                started_at: now,
-                parent_step_id: None,
-                branch_name: None,
-                join_policy: None,
-                loop_iteration_index: None,
-                attempt: 1,
-                retry_round: 0,
+        let start = |run_id: &str, id: &str| WriteOp::AttemptStarted(Box::new(attempt(run_id, id)));
+        // Each claim carries its run's first attempt, written only if the claim takes the run.
+        let claim = |run_id: &str, first: &str| {
+            WriteOp::ClaimNew(Box::new(Claim {
+                run: run(run_id, RunStatus::Running),
                 owner: "me".into(),
+                lease: Duration::from_secs(30),
+                first_attempt: Some(attempt(run_id, first)),
             }))
         };
         let end = |id: &str, status| {
@@ -355,12 +359,11 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
         let before = handle.journal().stats();
         // Queued without yielding: the persistence actor, on this test's one thread, takes them
         // as one batch.
-        let claims = [claim("new"), claim("api-made"), claim("held")].map(|op| handle.write_deferred(op, None));
+        let claims = [claim("new", "a1"), claim("api-made", "b1"), claim("held", "h0")]
+            .map(|op| handle.write_deferred(op, None));
         let writes = [
-            start("new", "a1"),
             start("new", "a2"),
             end("a1", StepStatus::Completed),
-            start("api-made", "b1"),
             end("b1", StepStatus::Failed),
             WriteOp::Run(Box::new(RunWrite { output: Some(json!({"n": 2})), ..run("new", RunStatus::Completed) })),
         ]

@@ -56,6 +56,7 @@ impl Actor for MemoryStore {
                     taken_over: false,
                     retry_round: 0,
                     retried_at: None,
+                    wrote_first_attempt: false,
                 }));
             }
             PersistMsg::Read(ReadRequest::Renew { reply, .. }) => {

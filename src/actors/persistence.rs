@@ -84,6 +84,12 @@ pub struct Claim {
     pub run: RunWrite,
     pub owner: String,
     pub lease: Duration,
+    /// The run's first attempt, written in the claim's own transaction when the claim takes a run
+    /// nobody claimed before (and dropped otherwise: a run claimed after others holds their
+    /// attempts, and the RunActor decides what to start only once it has read them). Why: it
+    /// saves a run one commit, the one between its claim and its first call, and nothing can
+    /// happen between the two that the attempt's RUNNING row would get wrong.
+    pub first_attempt: Option<AttemptStart>,
 }
 
 /// What a claim found.
@@ -98,6 +104,8 @@ pub enum ClaimOutcome {
         retry_round: i32,
         /// When it was last retried (cancellations asked for before are stale).
         retried_at: Option<NaiveDateTime>,
+        /// The claim's `first_attempt` is committed with it.
+        wrote_first_attempt: bool,
     },
     /// The run already ended: nothing to do.
     Terminal(Box<workflow_run::Model>),
@@ -159,8 +167,9 @@ pub enum WriteOp {
         at: NaiveDateTime,
     },
     /// Claims a run nobody has claimed: inserts it RUNNING, or takes it if it is PENDING and was
-    /// never claimed nor retried. Acknowledged with 1 if it did, 0 if the run exists otherwise
-    /// (then the full claim, [`ReadRequest::Claim`], decides). Most runs are claimed this way, in
+    /// never claimed nor retried, and then inserts the claim's first attempt. Acknowledged with 1
+    /// if it did, 0 if the run exists otherwise (then nothing is written, and the full claim,
+    /// [`ReadRequest::Claim`], decides). Most runs are claimed this way, in
     /// the same transaction as other runs' writes instead of a transaction of their own.
     ClaimNew(Box<Claim>),
     /// Writes nothing; acknowledged once everything before it is committed.
@@ -456,8 +465,13 @@ impl PersistenceHandle {
 
     /// Claims a run: in one batched insert when it is new (the common case), else in a
     /// transaction of its own that reads the run and its history.
-    pub async fn claim(&self, claim: Claim) -> Result<ClaimOutcome, PersistError> {
-        let fresh = self.write_deferred(WriteOp::ClaimNew(Box::new(claim.clone())), None);
+    pub async fn claim(&self, mut claim: Claim) -> Result<ClaimOutcome, PersistError> {
+        // The full claim never writes the first attempt: it takes runs with a history.
+        let first_attempt = claim.first_attempt.take();
+        let full = claim.clone();
+        claim.first_attempt = first_attempt;
+        let wrote_first_attempt = claim.first_attempt.is_some();
+        let fresh = self.write_deferred(WriteOp::ClaimNew(Box::new(claim)), None);
         if fresh.await.unwrap_or(Err(PersistError::Unavailable))? == 1 {
             // A run nobody claimed before has no attempts (they reference the run's row).
             return Ok(ClaimOutcome::Claimed {
@@ -465,9 +479,10 @@ impl PersistenceHandle {
                 taken_over: false,
                 retry_round: 0,
                 retried_at: None,
+                wrote_first_attempt,
             });
         }
-        self.read(|port| ReadRequest::Claim(Box::new(claim.clone()), port)).await
+        self.read(|port| ReadRequest::Claim(Box::new(full.clone()), port)).await
     }
 
     pub async fn renew_leases(

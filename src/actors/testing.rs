@@ -45,17 +45,19 @@ impl Recorded {
         let mut rows: Vec<AttemptRow> = Vec::new();
         let mut index = HashMap::new();
         for write in &self.writes {
-            match write {
-                WriteOp::AttemptStarted(start) => {
-                    index.insert(start.id.clone(), rows.len());
-                    rows.push(AttemptRow { start: (**start).clone(), end: None });
-                }
-                WriteOp::AttemptEnded(end) => {
-                    let row = &mut rows[index[&end.id]];
-                    assert!(row.end.is_none(), "attempt {} ended twice", end.id);
-                    row.end = Some((**end).clone());
-                }
-                _ => {}
+            let start = match write {
+                WriteOp::AttemptStarted(start) => Some(&**start),
+                WriteOp::ClaimNew(claim) => claim.first_attempt.as_ref(),
+                _ => None,
+            };
+            if let Some(start) = start {
+                index.insert(start.id.clone(), rows.len());
+                rows.push(AttemptRow { start: start.clone(), end: None });
+            }
+            if let WriteOp::AttemptEnded(end) = write {
+                let row = &mut rows[index[&end.id]];
+                assert!(row.end.is_none(), "attempt {} ended twice", end.id);
+                row.end = Some((**end).clone());
             }
         }
         rows

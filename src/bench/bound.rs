@@ -63,11 +63,15 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
     let started = Instant::now();
     for r in 0..runs {
         let run_id = format!("bound-{prefix}-{r}");
-        let claim = match run(&run_id, RunStatus::Running) {
-            WriteOp::Run(run) => Claim { run: *run, owner: "bench-bound".into(), lease: Duration::from_secs(60) },
+        let mut claim = match run(&run_id, RunStatus::Running) {
+            WriteOp::Run(run) => {
+                Claim { run: *run, owner: "bench-bound".into(), lease: Duration::from_secs(60), first_attempt: None }
+            }
             _ => unreachable!("a run write"),
         };
-        handle.write_later(WriteOp::ClaimNew(Box::new(claim)), None);
+        if calls == 0 {
+            handle.write_later(WriteOp::ClaimNew(Box::new(claim.clone())), None);
+        }
         for c in 1..=calls {
             let id = format!("{run_id}/s{c}/1");
             let input = json!({"value": 1, "counter": c});
@@ -86,7 +90,13 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
                 retry_round: 0,
                 owner: "bench-bound".into(),
             };
-            handle.write_later(WriteOp::AttemptStarted(Box::new(start)), None);
+            // As a RunActor writes them: the first attempt with the claim.
+            if c == 1 {
+                claim.first_attempt = Some(start);
+                handle.write_later(WriteOp::ClaimNew(Box::new(claim.clone())), None);
+            } else {
+                handle.write_later(WriteOp::AttemptStarted(Box::new(start)), None);
+            }
             let end = AttemptEnd {
                 id,
                 run_id: run_id.clone(),

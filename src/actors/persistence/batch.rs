@@ -5,10 +5,12 @@
 //! runs touch different rows. Within one run the RunActor's protocol leaves few orders possible in
 //! one batch: an attempt's RUNNING row is acknowledged before its call starts, so its end is always
 //! in a later batch; ends queued without waiting are followed by the next start or the run's end;
-//! a run's claim comes before anything else of it. Writing all claims, then all starts, then all
-//! ends, then the runs' ends and abandonments keeps every one of these orders. What the protocol does not
-//! promise is checked: a run write or abandonment followed by a claim or start of the same run, a
-//! run claimed twice, or an attempt ended twice in the batch sends it down the one-at-a-time path.
+//! a run's claim comes before anything else of it (its first attempt, carried by the claim, is
+//! written with the starts, once the claims said which runs they took). Writing all claims, then
+//! all starts, then all ends, then the runs' ends and abandonments keeps every one of these
+//! orders. What the protocol does not promise is checked: a run write or abandonment followed by a
+//! claim or start of the same run, a run claimed twice, or an attempt ended twice in the batch
+//! sends it down the one-at-a-time path.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,7 +20,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryTrait, Statement};
 
 use super::rows::{self, apply};
-use super::{AttemptEnd, Claim, WriteOp};
+use super::{AttemptEnd, AttemptStart, Claim, WriteOp};
 
 /// How much one statement carries. Why so little: sqlx 0.9.0 leaves Nagle's algorithm on
 /// (transact-rs/sqlx#4335, fixed upstream but not released), so a statement that does not fit
@@ -119,21 +121,25 @@ pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteO
             changed[*i] = u64::from(won.contains(&claim.run.run_id));
         }
     }
-    let starts: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::AttemptStarted(_))).collect();
-    let start_size = |i: &usize| match &*batch[*i] {
-        WriteOp::AttemptStarted(start) => 256 + approx_len(&start.input),
-        _ => 0,
-    };
+    // The starts: attempts' RUNNING rows, with the first attempts of the runs this batch claimed
+    // (those of claims that lost are not written, see `Claim::first_attempt`).
+    let starts: Vec<(Option<usize>, &AttemptStart)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| match &**op {
+            WriteOp::AttemptStarted(start) => Some((Some(i), &**start)),
+            WriteOp::ClaimNew(claim) if changed[i] == 1 => claim.first_attempt.as_ref().map(|first| (None, first)),
+            _ => None,
+        })
+        .collect();
+    let start_size = |(_, start): &(Option<usize>, &AttemptStart)| 256 + approx_len(&start.input);
     for chunk in statements(&starts, start_size) {
-        let rows = chunk.iter().map(|&i| match &*batch[i] {
-            WriteOp::AttemptStarted(start) => rows::attempt_row(start),
-            _ => unreachable!("chosen for being a start"),
-        });
+        let rows = chunk.iter().map(|(_, start)| rows::attempt_row(start));
         step_execution::Entity::insert_many(rows)
             .on_conflict(OnConflict::column(step_execution::Column::Id).do_nothing().to_owned())
             .exec_without_returning(txn)
             .await?;
-        chunk.iter().for_each(|&i| changed[i] = 1);
+        chunk.iter().filter_map(|(i, _)| *i).for_each(|i| changed[i] = 1);
     }
     let ends: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::AttemptEnded(_))).collect();
     let end_size = |i: &usize| match &*batch[*i] {
@@ -253,7 +259,7 @@ mod tests {
     fn claim(run_id: &str) -> Arc<WriteOp> {
         let WriteOp::Run(run) = run_write(run_id, RunStatus::Running) else { unreachable!("a run write") };
         let lease = std::time::Duration::from_secs(1);
-        Arc::new(WriteOp::ClaimNew(Box::new(Claim { run: *run, owner: "o".into(), lease })))
+        Arc::new(WriteOp::ClaimNew(Box::new(Claim { run: *run, owner: "o".into(), lease, first_attempt: None })))
     }
 
     fn start(run_id: &str, id: &str) -> Arc<WriteOp> {

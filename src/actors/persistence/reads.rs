@@ -191,7 +191,7 @@ pub(super) async fn claim_run(db: &DatabaseConnection, claim: &Claim) -> Result<
         };
         txn.commit().await?;
         let history = step_execution::Entity::find().filter(step_execution::Column::RunId.eq(run_id)).all(db).await?;
-        return Ok(ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at });
+        return Ok(ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at, wrote_first_attempt: false });
     }
     Err(DbErr::Custom(format!("could not claim run '{run_id}': it kept changing under the claim")))
 }

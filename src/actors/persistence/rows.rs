@@ -123,10 +123,14 @@ pub(super) async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64
             workflow_run::Entity::insert(row).on_conflict(on_conflict).exec_without_returning(db).await?
         }
         WriteOp::ClaimNew(claim) => {
-            workflow_run::Entity::insert(claim_row(claim))
+            let claimed = workflow_run::Entity::insert(claim_row(claim))
                 .on_conflict(claim_conflict())
                 .exec_without_returning(db)
-                .await?
+                .await?;
+            if let (1, Some(first)) = (claimed, &claim.first_attempt) {
+                insert_attempt(db, first).await?;
+            }
+            claimed
         }
         WriteOp::AttemptStarted(attempt) => insert_attempt(db, attempt).await?,
         WriteOp::AttemptEnded(end) => {

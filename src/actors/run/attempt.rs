@@ -44,31 +44,38 @@ impl RunState {
         let agent = call.agent.clone();
         let input = Arc::clone(&call.input);
 
-        let row = AttemptStart {
-            id: row_id.clone(),
-            run_id: self.run_id.clone(),
-            step_id: step_id.clone(),
-            agent_name: agent.name().to_string(),
-            input: Value::clone(&input),
-            started_at: Self::now(),
-            parent_step_id: ctx.parent_step_id.clone(),
-            branch_name: ctx.branch_name.clone(),
-            join_policy: ctx.join_policy.map(str::to_string),
-            loop_iteration_index: ctx.loop_index.map(|i| i as i32),
-            attempt: attempt as i32,
-            retry_round: self.retry_round,
-            owner: self.deps.owner.clone(),
-        };
         let event = self.attempt_event(id, StepStatus::Running, None);
-        if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await {
-            if matches!(e, PersistError::Fenced { .. }) {
-                return Err(e.into());
+        if self.first_attempt_written.as_deref() == Some(row_id.as_str()) {
+            // Committed with the run's claim (see `start`).
+            self.first_attempt_written = None;
+            self.deps.persistence.report(event);
+        } else {
+            let row = AttemptStart {
+                id: row_id.clone(),
+                run_id: self.run_id.clone(),
+                step_id: step_id.clone(),
+                agent_name: agent.name().to_string(),
+                input: Value::clone(&input),
+                started_at: Self::now(),
+                parent_step_id: ctx.parent_step_id.clone(),
+                branch_name: ctx.branch_name.clone(),
+                join_policy: ctx.join_policy.map(str::to_string),
+                loop_iteration_index: ctx.loop_index.map(|i| i as i32),
+                attempt: attempt as i32,
+                retry_round: self.retry_round,
+                owner: self.deps.owner.clone(),
+            };
+            if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await
+            {
+                if matches!(e, PersistError::Fenced { .. }) {
+                    return Err(e.into());
+                }
+                let message = step_failed(&step_id, agent.name(), format!("cannot record the attempt: {e}"));
+                self.queue.push_back(Action::Finish(id, Err(message)));
+                return Ok(());
             }
-            let message = step_failed(&step_id, agent.name(), format!("cannot record the attempt: {e}"));
-            self.queue.push_back(Action::Finish(id, Err(message)));
-            return Ok(());
+            self.check_unconfirmed()?;
         }
-        self.check_unconfirmed()?;
 
         let idempotency_key = match ctx.loop_index {
             Some(index) => format!("{}/{step_id}/{index}", self.run_id),

@@ -193,6 +193,9 @@ pub struct RunState {
     unconfirmed: Vec<Deferred>,
     /// This run was taken over from an executor that lost it.
     taken_over: bool,
+    /// The row id of the first attempt the claim committed, until that attempt starts (it then
+    /// skips its own write).
+    first_attempt_written: Option<String>,
     /// The agents this run calls: the registry as it was when the run started.
     registry: Arc<AgentRegistry>,
     /// How often the run was retried through the API: attempts of earlier rounds are not counted
@@ -236,6 +239,7 @@ impl Actor for RunActor {
             history: HashMap::new(),
             unconfirmed: Vec::new(),
             taken_over: false,
+            first_attempt_written: None,
             registry,
             retry_round: 0,
             retried_at: None,

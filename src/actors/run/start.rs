@@ -8,10 +8,10 @@ use ractor::{ActorProcessingErr, ActorRef};
 use serde_json::Value;
 
 use super::tree::{Ctx, ExecKind, StepResult, step_failed};
-use super::{Disposition, ExecId, RunMeta, RunMsg, RunState};
-use crate::actors::persistence::{AttemptEnd, Claim, ClaimOutcome, RunWrite, WriteOp};
+use super::{Disposition, ExecId, RunMeta, RunMsg, RunState, View};
+use crate::actors::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, RunWrite, WriteOp};
 use crate::observability::metrics as names;
-use crate::plan::{AgentCatalog, validate};
+use crate::plan::{AgentCatalog, Plan, StepKind, validate};
 use crate::wire::PlanSource;
 
 impl RunState {
@@ -35,8 +35,24 @@ impl RunState {
         }
     }
 
+    /// Checks the plan, claims the run (with its first call's RUNNING row when it can), and starts
+    /// the main chain.
+    ///
+    /// Why the plan is checked before the claim: the claim can then carry the first attempt, which
+    /// the persistence actor writes in the claim's transaction when the run is new, so the first
+    /// call starts one commit sooner. A run whose claim finds it ended or held elsewhere has had
+    /// its plan checked for nothing; validated plans are cached, so that costs a lookup.
     pub(super) async fn start(&mut self, myself: &ActorRef<RunMsg>) -> Result<(), ActorProcessingErr> {
         let document = self.load_document().await;
+        if let Ok(document) = &document {
+            self.refresh_registry_for(document).await;
+        }
+        let plan = document.and_then(|document| {
+            self.deps.plans.validate(&document, &self.registry).map_err(|invalid| invalid.to_string())
+        });
+        if let Ok(plan) = &plan {
+            self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
+        }
         let claim = Claim {
             run: RunWrite {
                 status: RunStatus::Running,
@@ -51,7 +67,9 @@ impl RunState {
             },
             owner: self.deps.owner.clone(),
             lease: self.deps.lease,
+            first_attempt: plan.as_ref().ok().and_then(|plan| self.first_attempt(plan)),
         };
+        let first_attempt_id = claim.first_attempt.as_ref().map(|first| first.id.clone());
         match self.deps.persistence.claim(claim).await? {
             ClaimOutcome::Terminal(row) => {
                 return self.stop_without_writing(
@@ -71,24 +89,18 @@ impl RunState {
                     Disposition::HeldElsewhere { owner, until },
                 );
             }
-            ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at } => {
+            ClaimOutcome::Claimed { history, taken_over, retry_round, retried_at, wrote_first_attempt } => {
                 self.history = history.into_iter().map(|row| (row.id.clone(), row)).collect();
                 self.taken_over = taken_over;
                 self.retry_round = retry_round;
                 self.retried_at = retried_at;
+                self.first_attempt_written = first_attempt_id.filter(|_| wrote_first_attempt);
             }
         }
-        if let Ok(document) = &document {
-            self.refresh_registry_for(document).await;
-        }
-        let plan = document.and_then(|document| {
-            self.deps.plans.validate(&document, &self.registry).map_err(|invalid| invalid.to_string())
-        });
         let plan = match plan {
             Ok(plan) => plan,
             Err(error) => return self.conclude(myself, RunStatus::Failed, None, Some(error), None).await,
         };
-        self.meta = RunMeta { workflow_id: plan.workflow_id.clone(), workflow_name: plan.name.clone() };
         self.deps.persistence.report(self.run_event(RunStatus::Running, None));
         metrics::counter!(names::RUNS_STARTED).increment(1);
         let main_chain = plan.main_chain.clone();
@@ -105,6 +117,34 @@ impl RunState {
         );
         self.advance_sequence(root);
         Ok(())
+    }
+
+    /// The RUNNING row of the plan's first call, for the claim to write: when the main chain
+    /// starts with an agent step whose agent is known and whose input resolves (else that step
+    /// fails without a call, as `start_step` finds). It is the row `start_attempt` would write
+    /// for the step's first attempt, and that is how `start_attempt` knows it is written.
+    fn first_attempt(&self, plan: &Plan) -> Option<AttemptStart> {
+        let step_id = plan.main_chain.first()?;
+        let step = plan.step(step_id);
+        let StepKind::Agent { agent_name } = &step.kind else { return None };
+        let agent = self.registry.get(agent_name)?;
+        let ctx = Ctx::default();
+        let input = step.input_mapping.resolve(&View { state: self, ctx: &ctx }).ok()?;
+        Some(AttemptStart {
+            id: self.attempt_row_id(&ctx.call_path, step_id, 1),
+            run_id: self.run_id.clone(),
+            step_id: step_id.clone(),
+            agent_name: agent.name().to_string(),
+            input: Value::Object(input),
+            started_at: Self::now(),
+            parent_step_id: None,
+            branch_name: None,
+            join_policy: None,
+            loop_iteration_index: None,
+            attempt: 1,
+            retry_round: 0,
+            owner: self.deps.owner.clone(),
+        })
     }
 
     /// When the plan names an agent this executor does not know, reads the `agents` table again
