@@ -401,6 +401,18 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
                 json!({"run_id": "new", "status": "COMPLETED", "owner_id": "me"}),
             ]
         );
+        // The same claim committed again (its batch replayed after the acknowledgement was lost) is
+        // won again and leaves its first attempt as it is; a later claim of that run is not won.
+        let replayed = handle.write_deferred(claim("api-made", "b1"), None).await.unwrap().unwrap();
+        assert_eq!(replayed, 1, "{:?}: a claim committed again is won again", test_db.backend());
+        let later = WriteOp::ClaimNew(Box::new(Claim {
+            run: RunWrite { at: now + chrono::Duration::seconds(1), ..run("api-made", RunStatus::Running) },
+            owner: "me".into(),
+            lease: Duration::from_secs(30),
+            first_attempt: Some(attempt("api-made", "b9")),
+        }));
+        let later = handle.write_deferred(later, None).await.unwrap().unwrap();
+        assert_eq!(later, 0, "{:?}: a run claimed before is not won by a new claim", test_db.backend());
         let steps = test_db.query("SELECT id, status, output_data FROM step_executions ORDER BY id").await;
         let output = |row: &serde_json::Value| match &row["output_data"] {
             serde_json::Value::String(text) => serde_json::from_str(text).unwrap(),

@@ -64,16 +64,29 @@ pub(super) fn claim_row(claim: &Claim) -> workflow_run::ActiveModel {
 }
 
 /// A claim takes an existing row only if it is PENDING and was never claimed nor retried (an
-/// API-created run waiting for its first executor).
+/// API-created run waiting for its first executor), or if the row is as this very claim left it.
+///
+/// Why the second: a persistence actor killed after a commit but before acknowledging it commits
+/// the same batch again. Its claims then find their runs RUNNING under their own owner, and with
+/// them the first attempts they wrote; answered "not won", a RunActor would claim the full way,
+/// find its own first attempt in the history as a lost executor's, and start the call as attempt
+/// 2. Nothing else of the run can have been written meanwhile (its RunActor waits for the claim's
+/// acknowledgement), and nothing else writes that `updated_at` with that owner (lease renewals
+/// leave `updated_at` alone; any later write of the run moves it), so the claim is answered won
+/// again and its first attempt, already there, is left as it is.
 pub(super) fn claim_conflict() -> OnConflict {
     use workflow_run::Column as C;
     let run = |column| Expr::col((workflow_run::Entity, column));
     let never_claimed =
         run(C::Status).eq(RunStatus::Pending.as_str()).and(run(C::OwnerId).is_null()).and(run(C::RetryCount).eq(0));
+    let this_claim_again = run(C::Status)
+        .eq(RunStatus::Running.as_str())
+        .and(run(C::OwnerId).eq(Expr::cust("excluded.owner_id")))
+        .and(run(C::UpdatedAt).eq(Expr::cust("excluded.updated_at")));
     let mut on_conflict = OnConflict::column(C::RunId);
     on_conflict
         .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
-        .action_and_where(never_claimed);
+        .action_and_where(never_claimed.or(this_claim_again));
     on_conflict
 }
 
