@@ -33,11 +33,12 @@
 //! The path of a request through an executor: a poll loop hands bytes on
 //! `workflow.execution.requests` to the ingress actor ([`kafka::ingress`]) → [`wire`] decodes them
 //! (undecodable ones go to the dead-letter topic) → the run supervisor starts a RunActor, which
-//! claims the run in the database (a new run by one insert batched with other writes; a terminal
-//! run is left alone, a live one elsewhere is waited
-//! for, a dead executor's is resumed) → the plan is checked by [`plan::validate()`] → the RunActor
-//! resolves each step's input ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and
-//! spawns StepActors for agent calls → every transition is written by the persistence actor into
+//! checks the plan ([`plan::validate()`]) and claims the run in the database (a new run by one
+//! insert batched with other writes, with its first call's attempt row in the same transaction; a
+//! terminal run is left alone, a live one elsewhere is waited for, a dead executor's is resumed; a
+//! claimed run whose plan is invalid ends FAILED) → the RunActor resolves each step's input
+//! ([`plan::mapping`]), evaluates conditions ([`plan::condition`]) and spawns StepActors for agent
+//! calls → every transition is written by the persistence actor into
 //! the tables of the `entity` crate, and published as a monitoring update once committed → the
 //! request's offset becomes committable once the run is terminal ([`kafka::offsets`]).
 //!

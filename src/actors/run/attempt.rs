@@ -28,10 +28,16 @@ impl RunState {
             self.queue.push_back(Action::Finish(id, result));
             return Ok(());
         }
-        let row_id = {
+        // The plan's first call, on its first attempt: its row was made for the claim (and
+        // written with it, unless the claim found the run claimed before).
+        let (row_id, written) = {
             let exec = &self.execs[id];
             let ExecKind::Agent(call) = &exec.kind else { unreachable!("an agent call") };
-            self.attempt_row_id(&exec.ctx.call_path, &exec.step_id, call.attempt + 1)
+            let first = self.first_call.as_ref().is_some_and(|first| first.is(&exec.ctx.call_path, &exec.step_id));
+            match self.first_call.take_if(|_| first && call.attempt == 0) {
+                Some(first) => (first.row_id, first.written),
+                None => (self.attempt_row_id(&exec.ctx.call_path, &exec.step_id, call.attempt + 1), false),
+            }
         };
         let exec = &mut self.execs[id];
         let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
@@ -45,9 +51,7 @@ impl RunState {
         let input = Arc::clone(&call.input);
 
         let event = self.attempt_event(id, StepStatus::Running, None);
-        if self.first_attempt_written.as_deref() == Some(row_id.as_str()) {
-            // Committed with the run's claim (see `start`).
-            self.first_attempt_written = None;
+        if written {
             self.deps.persistence.report(event);
         } else {
             let row = AttemptStart {

@@ -193,9 +193,9 @@ pub struct RunState {
     unconfirmed: Vec<Deferred>,
     /// This run was taken over from an executor that lost it.
     taken_over: bool,
-    /// The row id of the first attempt the claim committed, until that attempt starts (it then
-    /// skips its own write).
-    first_attempt_written: Option<String>,
+    /// The plan's first call as the claim prepared it, until that call starts: its input and
+    /// its first attempt's row are not made twice, and that row is not written twice.
+    first_call: Option<start::FirstCall>,
     /// The agents this run calls: the registry as it was when the run started.
     registry: Arc<AgentRegistry>,
     /// How often the run was retried through the API: attempts of earlier rounds are not counted
@@ -239,7 +239,7 @@ impl Actor for RunActor {
             history: HashMap::new(),
             unconfirmed: Vec::new(),
             taken_over: false,
-            first_attempt_written: None,
+            first_call: None,
             registry,
             retry_round: 0,
             retried_at: None,

@@ -14,6 +14,25 @@ use crate::observability::metrics as names;
 use crate::plan::{AgentCatalog, Plan, StepKind, validate};
 use crate::wire::PlanSource;
 
+/// The plan's first call, prepared before the claim so the claim can write its first attempt.
+#[derive(Debug)]
+pub(super) struct FirstCall {
+    pub(super) step_id: String,
+    /// Its input, resolved once: `start_step` takes it instead of resolving the mapping again.
+    pub(super) input: Arc<Value>,
+    /// The row id of its first attempt.
+    pub(super) row_id: String,
+    /// The claim committed that row: the attempt only reports it.
+    pub(super) written: bool,
+}
+
+impl FirstCall {
+    /// Whether the call about to start at `call_path`/`step_id` is this one.
+    pub(super) fn is(&self, call_path: &str, step_id: &str) -> bool {
+        call_path.is_empty() && self.step_id == step_id
+    }
+}
+
 impl RunState {
     /// The plan document: inline, or the stored definition's (whose identity then names the run).
     pub(super) async fn load_document(&mut self) -> Result<Arc<Value>, String> {
@@ -69,7 +88,6 @@ impl RunState {
             lease: self.deps.lease,
             first_attempt: plan.as_ref().ok().and_then(|plan| self.first_attempt(plan)),
         };
-        let first_attempt_id = claim.first_attempt.as_ref().map(|first| first.id.clone());
         match self.deps.persistence.claim(claim).await? {
             ClaimOutcome::Terminal(row) => {
                 return self.stop_without_writing(
@@ -94,7 +112,9 @@ impl RunState {
                 self.taken_over = taken_over;
                 self.retry_round = retry_round;
                 self.retried_at = retried_at;
-                self.first_attempt_written = first_attempt_id.filter(|_| wrote_first_attempt);
+                if let Some(first) = &mut self.first_call {
+                    first.written = wrote_first_attempt;
+                }
             }
         }
         let plan = match plan {
@@ -122,20 +142,28 @@ impl RunState {
     /// The RUNNING row of the plan's first call, for the claim to write: when the main chain
     /// starts with an agent step whose agent is known and whose input resolves (else that step
     /// fails without a call, as `start_step` finds). It is the row `start_attempt` would write
-    /// for the step's first attempt, and that is how `start_attempt` knows it is written.
-    fn first_attempt(&self, plan: &Plan) -> Option<AttemptStart> {
+    /// for the step's first attempt; `first_call` keeps what they share.
+    fn first_attempt(&mut self, plan: &Plan) -> Option<AttemptStart> {
         let step_id = plan.main_chain.first()?;
         let step = plan.step(step_id);
         let StepKind::Agent { agent_name } = &step.kind else { return None };
         let agent = self.registry.get(agent_name)?;
         let ctx = Ctx::default();
-        let input = step.input_mapping.resolve(&View { state: self, ctx: &ctx }).ok()?;
+        let input = Arc::new(Value::Object(step.input_mapping.resolve(&View { state: self, ctx: &ctx }).ok()?));
+        let row_id = self.attempt_row_id(&ctx.call_path, step_id, 1);
+        let agent_name = agent.name().to_string();
+        self.first_call = Some(FirstCall {
+            step_id: step_id.clone(),
+            input: Arc::clone(&input),
+            row_id: row_id.clone(),
+            written: false,
+        });
         Some(AttemptStart {
-            id: self.attempt_row_id(&ctx.call_path, step_id, 1),
+            id: row_id,
             run_id: self.run_id.clone(),
             step_id: step_id.clone(),
-            agent_name: agent.name().to_string(),
-            input: Value::Object(input),
+            agent_name,
+            input: Value::clone(&input),
             started_at: Self::now(),
             parent_step_id: None,
             branch_name: None,

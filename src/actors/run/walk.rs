@@ -71,7 +71,10 @@ impl RunState {
         let view = View { state: self, ctx: &ctx };
         match &step.kind {
             StepKind::Agent { agent_name } => {
-                let input = step.input_mapping.resolve(&view);
+                let input = match self.first_call.as_ref().filter(|first| first.is(&ctx.call_path, &step_id)) {
+                    Some(first) => Ok(Arc::clone(&first.input)),
+                    None => step.input_mapping.resolve(&view).map(|input| Arc::new(Value::Object(input))),
+                };
                 let agent = self.registry.get(agent_name).cloned();
                 let (input, agent) = match (input, agent) {
                     (Ok(input), Some(agent)) => (input, agent),
@@ -83,7 +86,7 @@ impl RunState {
                 let delays = agent.retry_policy().backoff();
                 let call = AgentCall {
                     agent,
-                    input: Arc::new(Value::Object(input)),
+                    input,
                     attempt: 0,
                     before_retry: 0,
                     delays,
