@@ -355,3 +355,12 @@ async fn a_killed_run_actor_fails_its_run_and_its_running_attempts() {
     let last = writes.last().unwrap();
     assert!(matches!(last, super::WriteOp::Run(run) if run.status == RunStatus::Failed), "{last:?}");
 }
+
+/// Row ids must not change between versions: a newer executor resuming an older one's run must find
+/// its attempts. The expected ids are computed apart from Rust (Python's `uuid.uuid5(uuid.NAMESPACE_OID,
+/// "<run_id>\n<call_path>/<step_id>\n<attempt>")`).
+#[test]
+fn attempt_row_ids_stay_what_earlier_versions_wrote() {
+    assert_eq!(super::attempt_row_id("r", "", "a", 1), "95a7567b-c38e-5c6b-b255-1a4775e44995");
+    assert_eq!(super::attempt_row_id("run-42", "/loop[3]", "body", 7), "7e9c0c83-5c44-53e1-a95c-4d9090441e76");
+}
