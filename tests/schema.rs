@@ -401,10 +401,26 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
                 json!({"run_id": "new", "status": "COMPLETED", "owner_id": "me"}),
             ]
         );
+        // A claim that took an API-made run leased it.
+        let leased = test_db.query("SELECT run_id FROM workflow_runs WHERE lease_expires_at IS NOT NULL").await;
+        assert_eq!(leased, vec![json!({"run_id": "api-made"})], "{:?}", test_db.backend());
         // The same claim committed again (its batch replayed after the acknowledgement was lost) is
         // won again and leaves its first attempt as it is; a later claim of that run is not won.
         let replayed = handle.write_deferred(claim("api-made", "b1"), None).await.unwrap().unwrap();
         assert_eq!(replayed, 1, "{:?}: a claim committed again is won again", test_db.backend());
+        // ...without winding back a lease a renewal extended since; and once the lease has run
+        // out, a replay is not won (the full claim then takes a fresh one).
+        let set_lease = |until: &'static str| {
+            format!("UPDATE workflow_runs SET lease_expires_at = '{until}' WHERE run_id = 'api-made' RETURNING run_id")
+        };
+        test_db.query(&set_lease("2999-01-01 00:00:00")).await;
+        let replayed = handle.write_deferred(claim("api-made", "b1"), None).await.unwrap().unwrap();
+        assert_eq!(replayed, 1, "{:?}", test_db.backend());
+        let lease = test_db.query("SELECT lease_expires_at FROM workflow_runs WHERE run_id = 'api-made'").await;
+        assert!(lease[0]["lease_expires_at"].to_string().contains("2999-01-01"), "{:?}: {lease:?}", test_db.backend());
+        test_db.query(&set_lease("2000-01-01 00:00:00")).await;
+        let expired = handle.write_deferred(claim("api-made", "b1"), None).await.unwrap().unwrap();
+        assert_eq!(expired, 0, "{:?}: a replay after the lease ran out is not won", test_db.backend());
         let later = WriteOp::ClaimNew(Box::new(Claim {
             run: RunWrite { at: now + chrono::Duration::seconds(1), ..run("api-made", RunStatus::Running) },
             owner: "me".into(),

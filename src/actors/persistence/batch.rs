@@ -210,8 +210,9 @@ async fn claim_many<'a>(
     claims: impl Iterator<Item = &'a Claim>,
 ) -> Result<HashSet<String>, DbErr> {
     use workflow_run::Column as C;
-    let mut insert =
-        workflow_run::Entity::insert_many(claims.map(rows::claim_row)).on_conflict(rows::claim_conflict()).into_query();
+    let mut insert = workflow_run::Entity::insert_many(claims.map(rows::claim_row))
+        .on_conflict(rows::claim_conflict(chrono::Utc::now().naive_utc()))
+        .into_query();
     insert.returning_col(C::RunId);
     let statement = txn.get_database_backend().build(&insert);
     let won = txn.query_all_raw(statement).await?;

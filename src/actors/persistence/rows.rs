@@ -64,17 +64,22 @@ pub(super) fn claim_row(claim: &Claim) -> workflow_run::ActiveModel {
 }
 
 /// A claim takes an existing row only if it is PENDING and was never claimed nor retried (an
-/// API-created run waiting for its first executor), or if the row is as this very claim left it.
+/// API-created run waiting for its first executor), or if the row is as this very claim left it
+/// and its lease still holds at `now`.
 ///
-/// Why the second: a persistence actor killed after a commit but before acknowledging it commits
-/// the same batch again. Its claims then find their runs RUNNING under their own owner, and with
-/// them the first attempts they wrote; answered "not won", a RunActor would claim the full way,
-/// find its own first attempt in the history as a lost executor's, and start the call as attempt
-/// 2. Nothing else of the run can have been written meanwhile (its RunActor waits for the claim's
-/// acknowledgement), and nothing else writes that `updated_at` with that owner (lease renewals
-/// leave `updated_at` alone; any later write of the run moves it), so the claim is answered won
-/// again and its first attempt, already there, is left as it is.
-pub(super) fn claim_conflict() -> OnConflict {
+/// Why the second: a persistence actor killed after a commit but before acknowledging it (or a
+/// commit whose answer was lost with the connection) commits the same batch again. Its claims then
+/// find their runs RUNNING under their own owner, and with them the first attempts they wrote;
+/// answered "not won", a RunActor would claim the full way, find its own first attempt in the
+/// history as a lost executor's, and start the call as attempt 2. Nothing else of the run can have
+/// been written meanwhile (its RunActor waits for the claim's acknowledgement), and nothing else
+/// writes that `updated_at` with that owner (lease renewals leave `updated_at` alone; any later
+/// write of the run moves it), so such a claim is answered won again and its first attempt, already
+/// there, is left as it is. Its lease is left as it is too: renewals may have extended it since,
+/// or a release ended it, and the claim's own would wind either back. A replay that comes after
+/// the lease ran out is not won: the full claim then takes a fresh lease, and the first attempt is
+/// ended as a lost one.
+pub(super) fn claim_conflict(now: chrono::NaiveDateTime) -> OnConflict {
     use workflow_run::Column as C;
     let run = |column| Expr::col((workflow_run::Entity, column));
     let never_claimed =
@@ -82,10 +87,18 @@ pub(super) fn claim_conflict() -> OnConflict {
     let this_claim_again = run(C::Status)
         .eq(RunStatus::Running.as_str())
         .and(run(C::OwnerId).eq(Expr::cust("excluded.owner_id")))
-        .and(run(C::UpdatedAt).eq(Expr::cust("excluded.updated_at")));
+        .and(run(C::UpdatedAt).eq(Expr::cust("excluded.updated_at")))
+        .and(run(C::LeaseExpiresAt).gt(now));
     let mut on_conflict = OnConflict::column(C::RunId);
     on_conflict
-        .update_columns([C::Status, C::OwnerId, C::LeaseExpiresAt, C::UpdatedAt])
+        .update_columns([C::Status, C::OwnerId, C::UpdatedAt])
+        .value(
+            C::LeaseExpiresAt,
+            Expr::cust(
+                "CASE WHEN workflow_runs.owner_id IS NULL THEN excluded.lease_expires_at \
+                 ELSE workflow_runs.lease_expires_at END",
+            ),
+        )
         .action_and_where(never_claimed.or(this_claim_again));
     on_conflict
 }
@@ -137,7 +150,7 @@ pub(super) async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64
         }
         WriteOp::ClaimNew(claim) => {
             let claimed = workflow_run::Entity::insert(claim_row(claim))
-                .on_conflict(claim_conflict())
+                .on_conflict(claim_conflict(chrono::Utc::now().naive_utc()))
                 .exec_without_returning(db)
                 .await?;
             if let (1, Some(first)) = (claimed, &claim.first_attempt) {

@@ -90,6 +90,21 @@ impl RunState {
         };
         match self.deps.persistence.claim(claim).await? {
             ClaimOutcome::Terminal(row) => {
+                // A claim committed whose acknowledgement was lost, with the run ended (cancelled)
+                // before the claim was committed again, leaves its first attempt RUNNING: end it.
+                // Elsewhere the write changes nothing (no such row, or not RUNNING).
+                if let Some(first) = self.first_call.take() {
+                    let end = AttemptEnd {
+                        id: first.row_id,
+                        run_id: self.run_id.clone(),
+                        owner: self.deps.owner.clone(),
+                        status: StepStatus::Cancelled,
+                        output: None,
+                        error: Some("the run had ended before this call started".into()),
+                        at: Self::now(),
+                    };
+                    self.deps.persistence.write_later(WriteOp::AttemptEnded(Box::new(end)), None);
+                }
                 return self.stop_without_writing(
                     myself,
                     row.status,
