@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::tree::{Action, AgentCall, ExecKind, step_failed};
 use super::{ExecId, RunMsg, RunState, Spawned};
-use crate::actors::persistence::{AttemptEnd, AttemptStart, PersistError, WriteOp, settled};
+use crate::actors::persistence::{AttemptEnd, PersistError, WriteOp, settled};
 use crate::actors::step::{StepActor, StepArgs};
 use crate::agents::{CallContext, StepFailure};
 use crate::observability::metrics as names;
@@ -54,21 +54,7 @@ impl RunState {
         if written {
             self.deps.persistence.report(event);
         } else {
-            let row = AttemptStart {
-                id: row_id.clone(),
-                run_id: self.run_id.clone(),
-                step_id: step_id.clone(),
-                agent_name: agent.name().to_string(),
-                input: Value::clone(&input),
-                started_at: Self::now(),
-                parent_step_id: ctx.parent_step_id.clone(),
-                branch_name: ctx.branch_name.clone(),
-                join_policy: ctx.join_policy.map(str::to_string),
-                loop_iteration_index: ctx.loop_index.map(|i| i as i32),
-                attempt: attempt as i32,
-                retry_round: self.retry_round,
-                owner: self.deps.owner.clone(),
-            };
+            let row = self.attempt_start(row_id.clone(), &step_id, agent.name(), &input, &ctx, attempt);
             if let Err(e) = self.deps.persistence.write_and_report(WriteOp::AttemptStarted(Box::new(row)), event).await
             {
                 if matches!(e, PersistError::Fenced { .. }) {

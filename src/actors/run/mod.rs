@@ -41,7 +41,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::events::Event;
-use super::persistence::{Deferred, PersistError, PersistenceHandle, RunWrite, WriteOp};
+use super::persistence::{AttemptEnd, AttemptStart, Deferred, PersistError, PersistenceHandle, RunWrite, WriteOp};
 use super::step::StepState;
 use crate::agents::{AgentRegistry, LiveRegistry, StepFailure};
 use crate::plan::cache::PlanCache;
@@ -444,6 +444,53 @@ impl RunState {
             plan: None,
             at: Self::now(),
         }))
+    }
+
+    /// The RUNNING row of attempt `attempt` of a call at `ctx`: what `start_attempt` writes, and
+    /// what the claim writes for the plan's first call.
+    fn attempt_start(
+        &self,
+        row_id: String,
+        step_id: &str,
+        agent_name: &str,
+        input: &Value,
+        ctx: &Ctx,
+        attempt: u32,
+    ) -> AttemptStart {
+        AttemptStart {
+            id: row_id,
+            run_id: self.run_id.clone(),
+            step_id: step_id.to_string(),
+            agent_name: agent_name.to_string(),
+            input: input.clone(),
+            started_at: Self::now(),
+            parent_step_id: ctx.parent_step_id.clone(),
+            branch_name: ctx.branch_name.clone(),
+            join_policy: ctx.join_policy.map(str::to_string),
+            loop_iteration_index: ctx.loop_index.map(|i| i as i32),
+            attempt: attempt as i32,
+            retry_round: self.retry_round,
+            owner: self.deps.owner.clone(),
+        }
+    }
+
+    /// The end of this run's attempt `row_id`, as this executor writes it.
+    fn attempt_end(
+        &self,
+        row_id: String,
+        status: StepStatus,
+        output: Option<Value>,
+        error: Option<String>,
+    ) -> AttemptEnd {
+        AttemptEnd {
+            id: row_id,
+            run_id: self.run_id.clone(),
+            owner: self.deps.owner.clone(),
+            status,
+            output,
+            error,
+            at: Self::now(),
+        }
     }
 
     /// Ends this actor for a request it does not execute (the run ended before, or is held).

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::tree::{Ctx, ExecKind, StepResult, step_failed};
 use super::{Disposition, ExecId, RunMeta, RunMsg, RunState, View};
-use crate::actors::persistence::{AttemptEnd, AttemptStart, Claim, ClaimOutcome, RunWrite, WriteOp};
+use crate::actors::persistence::{AttemptStart, Claim, ClaimOutcome, RunWrite, WriteOp};
 use crate::observability::metrics as names;
 use crate::plan::{AgentCatalog, Plan, StepKind, validate};
 use crate::wire::PlanSource;
@@ -94,15 +94,8 @@ impl RunState {
                 // before the claim was committed again, leaves its first attempt RUNNING: end it.
                 // Elsewhere the write changes nothing (no such row, or not RUNNING).
                 if let Some(first) = self.first_call.take() {
-                    let end = AttemptEnd {
-                        id: first.row_id,
-                        run_id: self.run_id.clone(),
-                        owner: self.deps.owner.clone(),
-                        status: StepStatus::Cancelled,
-                        output: None,
-                        error: Some("the run had ended before this call started".into()),
-                        at: Self::now(),
-                    };
+                    let reason = "the run had ended before this call started".to_string();
+                    let end = self.attempt_end(first.row_id, StepStatus::Cancelled, None, Some(reason));
                     self.deps.persistence.write_later(WriteOp::AttemptEnded(Box::new(end)), None);
                 }
                 return self.stop_without_writing(
@@ -156,8 +149,9 @@ impl RunState {
 
     /// The RUNNING row of the plan's first call, for the claim to write: when the main chain
     /// starts with an agent step whose agent is known and whose input resolves (else that step
-    /// fails without a call, as `start_step` finds). It is the row `start_attempt` would write
-    /// for the step's first attempt; `first_call` keeps what they share.
+    /// fails without a call, as `start_step` finds). Made by `attempt_start`, as `start_attempt`
+    /// makes every row, before the claim: the retry round is 0 then, as it is for any run a claim
+    /// can take with its first attempt. `first_call` keeps what the call itself reuses.
     fn first_attempt(&mut self, plan: &Plan) -> Option<AttemptStart> {
         let step_id = plan.main_chain.first()?;
         let step = plan.step(step_id);
@@ -166,28 +160,9 @@ impl RunState {
         let ctx = Ctx::default();
         let input = Arc::new(Value::Object(step.input_mapping.resolve(&View { state: self, ctx: &ctx }).ok()?));
         let row_id = self.attempt_row_id(&ctx.call_path, step_id, 1);
-        let agent_name = agent.name().to_string();
-        self.first_call = Some(FirstCall {
-            step_id: step_id.clone(),
-            input: Arc::clone(&input),
-            row_id: row_id.clone(),
-            written: false,
-        });
-        Some(AttemptStart {
-            id: row_id,
-            run_id: self.run_id.clone(),
-            step_id: step_id.clone(),
-            agent_name,
-            input: Value::clone(&input),
-            started_at: Self::now(),
-            parent_step_id: None,
-            branch_name: None,
-            join_policy: None,
-            loop_iteration_index: None,
-            attempt: 1,
-            retry_round: 0,
-            owner: self.deps.owner.clone(),
-        })
+        let row = self.attempt_start(row_id.clone(), step_id, agent.name(), &input, &ctx, 1);
+        self.first_call = Some(FirstCall { step_id: step_id.clone(), input, row_id, written: false });
+        Some(row)
     }
 
     /// When the plan names an agent this executor does not know, reads the `agents` table again
@@ -231,15 +206,7 @@ impl RunState {
                 StepStatus::Completed => last_error = None,
                 StepStatus::Running => {
                     let message = "the executor running this call was lost".to_string();
-                    let end = AttemptEnd {
-                        id: row_id,
-                        run_id: self.run_id.clone(),
-                        owner: self.deps.owner.clone(),
-                        status: StepStatus::Failed,
-                        output: None,
-                        error: Some(message.clone()),
-                        at: Self::now(),
-                    };
+                    let end = self.attempt_end(row_id, StepStatus::Failed, None, Some(message.clone()));
                     self.deps.persistence.write(WriteOp::AttemptEnded(Box::new(end))).await?;
                     last_error = Some(message);
                 }
