@@ -309,7 +309,7 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
             run_id: run_id.into(),
             step_id: id.into(),
             agent_name: "echo".into(),
-            input: json!({"n": 1}),
+            input: std::sync::Arc::new(json!({"n": 1})),
             started_at: now,
             parent_step_id: None,
             branch_name: None,
@@ -335,7 +335,7 @@ async fn a_batch_of_claims_starts_and_ends_leaves_the_same_rows_on_both_backends
                 run_id: String::new(),
                 owner: "me".into(),
                 status,
-                output: Some(json!({"n": 2})),
+                output: Some(std::sync::Arc::new(json!({"n": 2}))),
                 error: None,
                 at: now,
             }))

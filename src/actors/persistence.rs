@@ -126,7 +126,8 @@ pub struct AttemptStart {
     pub run_id: String,
     pub step_id: String,
     pub agent_name: String,
-    pub input: Value,
+    /// The call's input, shared with the RunActor and the StepActor making the call.
+    pub input: Arc<Value>,
     pub started_at: NaiveDateTime,
     pub parent_step_id: Option<String>,
     pub branch_name: Option<String>,
@@ -147,7 +148,8 @@ pub struct AttemptEnd {
     /// The executor writing: fenced off once another one has claimed the run.
     pub owner: String,
     pub status: StepStatus,
-    pub output: Option<Value>,
+    /// The call's output, shared with the run's record of step outputs.
+    pub output: Option<Arc<Value>>,
     pub error: Option<String>,
     pub at: NaiveDateTime,
 }
@@ -776,7 +778,7 @@ mod tests {
             run_id: run_id.into(),
             step_id: "s".into(),
             agent_name: "echo".into(),
-            input: json!({"x": 1}),
+            input: Arc::new(json!({"x": 1})),
             started_at: chrono::Utc::now().naive_utc(),
             parent_step_id: None,
             branch_name: None,

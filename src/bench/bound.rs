@@ -80,7 +80,7 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
                 run_id: run_id.clone(),
                 step_id: format!("s{c}"),
                 agent_name: "echo".into(),
-                input: input.clone(),
+                input: std::sync::Arc::new(input.clone()),
                 started_at: now(),
                 parent_step_id: None,
                 branch_name: None,
@@ -102,7 +102,7 @@ pub async fn bound(database_url: &str, runs: usize, calls: usize) -> anyhow::Res
                 run_id: run_id.clone(),
                 owner: "bench-bound".into(),
                 status: StepStatus::Completed,
-                output: Some(input),
+                output: Some(std::sync::Arc::new(input)),
                 error: None,
                 at: now(),
             };

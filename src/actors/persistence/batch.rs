@@ -144,7 +144,7 @@ pub(super) async fn apply_grouped(txn: &DatabaseTransaction, batch: &[Arc<WriteO
     let ends: Vec<usize> = (0..batch.len()).filter(|&i| matches!(*batch[i], WriteOp::AttemptEnded(_))).collect();
     let end_size = |i: &usize| match &*batch[*i] {
         WriteOp::AttemptEnded(end) => {
-            128 + end.output.as_ref().map_or(0, approx_len) + end.error.as_ref().map_or(0, String::len)
+            128 + end.output.as_deref().map_or(0, approx_len) + end.error.as_ref().map_or(0, String::len)
         }
         _ => 0,
     };
@@ -235,7 +235,7 @@ async fn end_many(txn: &DatabaseTransaction, ends: &[&AttemptEnd]) -> Result<(),
         ));
         values.push(end.id.clone().into());
         values.push(end.status.as_str().into());
-        values.push(end.output.clone().into());
+        values.push(end.output.as_deref().cloned().into());
         values.push(end.error.clone().into());
         values.push(end.at.into());
     }

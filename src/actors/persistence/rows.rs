@@ -38,7 +38,7 @@ pub(super) fn attempt_row(attempt: &AttemptStart) -> step_execution::ActiveModel
         step_name: Set(attempt.agent_name.clone()),
         agent_name: Set(attempt.agent_name.clone()),
         status: Set(StepStatus::Running),
-        input_data: Set(attempt.input.clone()),
+        input_data: Set(Value::clone(&attempt.input)),
         output_data: Set(None),
         started_at: Set(attempt.started_at),
         completed_at: Set(None),
@@ -163,7 +163,7 @@ pub(super) async fn apply(db: &impl ConnectionTrait, op: &WriteOp) -> Result<u64
             use step_execution::Column as C;
             step_execution::Entity::update_many()
                 .col_expr(C::Status, Expr::value(end.status.as_str()))
-                .col_expr(C::OutputData, Expr::value(end.output.clone()))
+                .col_expr(C::OutputData, Expr::value(end.output.as_deref().cloned()))
                 .col_expr(C::ErrorMessage, Expr::value(end.error.clone()))
                 .col_expr(C::CompletedAt, Expr::value(end.at))
                 .filter(C::Id.eq(end.id.as_str()))

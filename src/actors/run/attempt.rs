@@ -110,8 +110,9 @@ impl RunState {
         let step_id = exec.step_id.clone();
         let ExecKind::Agent(call) = &mut exec.kind else { unreachable!("an agent call") };
         call.actor = None;
+        let result = result.map(Arc::new);
         let (status, output, error) = match &result {
-            Ok(output) => (StepStatus::Completed, Some(output.clone()), None),
+            Ok(output) => (StepStatus::Completed, Some(Arc::clone(output)), None),
             Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
         };
         let end = AttemptEnd {

@@ -203,7 +203,7 @@ pub struct RunState {
     retry_round: i32,
     /// When it was last retried: cancellations asked for before then are stale.
     retried_at: Option<chrono::NaiveDateTime>,
-    outputs: HashMap<String, Value>,
+    outputs: HashMap<String, Arc<Value>>,
     scopes: Vec<IterScope>,
     execs: Vec<Exec>,
     by_actor: HashMap<ActorId, ExecId>,
@@ -273,6 +273,11 @@ impl Actor for RunActor {
         event: SupervisionEvent,
         state: &mut RunState,
     ) -> Result<(), ActorProcessingErr> {
+        // Every StepActor announces its start; only exits matter here, and the start of each
+        // call should not pay for the boxed handler and the span below.
+        if matches!(event, SupervisionEvent::ActorStarted(_)) {
+            return Ok(());
+        }
         let span = state.span.clone();
         let handled = Box::pin(state.on_step_exit(&myself, event).instrument(span)).await;
         state.unless_fenced(&myself, handled)
@@ -397,14 +402,14 @@ impl Scope for View<'_> {
         while let Some(id) = scope {
             let iteration = &self.state.scopes[id];
             if let Some(output) = iteration.outputs.get(step_id) {
-                return Some(output);
+                return Some(output.as_ref());
             }
             scope = iteration.parent;
         }
         if self.ctx.hidden.as_ref().is_some_and(|hidden| hidden.contains(step_id)) {
             return None;
         }
-        self.state.outputs.get(step_id)
+        self.state.outputs.get(step_id).map(Arc::as_ref)
     }
 
     fn loop_frame(&self) -> Option<&LoopFrame> {
@@ -453,7 +458,7 @@ impl RunState {
         row_id: String,
         step_id: &str,
         agent_name: &str,
-        input: &Value,
+        input: &Arc<Value>,
         ctx: &Ctx,
         attempt: u32,
     ) -> AttemptStart {
@@ -462,7 +467,7 @@ impl RunState {
             run_id: self.run_id.clone(),
             step_id: step_id.to_string(),
             agent_name: agent_name.to_string(),
-            input: input.clone(),
+            input: Arc::clone(input),
             started_at: Self::now(),
             parent_step_id: ctx.parent_step_id.clone(),
             branch_name: ctx.branch_name.clone(),
@@ -479,7 +484,7 @@ impl RunState {
         &self,
         row_id: String,
         status: StepStatus,
-        output: Option<Value>,
+        output: Option<Arc<Value>>,
         error: Option<String>,
     ) -> AttemptEnd {
         AttemptEnd {

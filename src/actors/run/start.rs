@@ -141,7 +141,7 @@ impl RunState {
             None,
             String::new(),
             Ctx::default(),
-            ExecKind::Sequence { steps: main_chain, next: 0, last: Value::Null, deadline: None },
+            ExecKind::Sequence { steps: main_chain, next: 0, last: None, deadline: None },
         );
         self.advance_sequence(root);
         Ok(())
@@ -201,7 +201,7 @@ impl RunState {
                 // Reused only for the same call: a retried run may carry an edited plan, and an
                 // output recorded for another agent or another input is not this call's.
                 StepStatus::Completed if self.same_call(id, &row) => {
-                    return Ok(Some(Ok(row.output_data.unwrap_or(Value::Null))));
+                    return Ok(Some(Ok(Arc::new(row.output_data.unwrap_or(Value::Null)))));
                 }
                 StepStatus::Completed => last_error = None,
                 StepStatus::Running => {

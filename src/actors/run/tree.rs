@@ -17,8 +17,9 @@ use crate::plan::model::{JoinPolicy, OnError};
 pub(super) type ScopeId = usize;
 
 /// The failure of a step, already worded as the contract's run error:
-/// `Step '<id>' (agent: <agent_name or type>) failed: <reason>`.
-pub(super) type StepResult = Result<Value, String>;
+/// `Step '<id>' (agent: <agent_name or type>) failed: <reason>`. An output is shared (`Arc`) by
+/// the step's attempt row, the run's record of outputs and whichever step takes it next.
+pub(super) type StepResult = Result<Arc<Value>, String>;
 
 pub(super) fn step_failed(step_id: &str, label: &str, reason: impl std::fmt::Display) -> String {
     format!("Step '{step_id}' (agent: {label}) failed: {reason}")
@@ -54,7 +55,8 @@ pub(super) enum ExecKind {
     Sequence {
         steps: Vec<String>,
         next: usize,
-        last: Value,
+        /// The last finished step's output (none yet: null).
+        last: Option<Arc<Value>>,
         deadline: Option<Duration>,
     },
     Agent(AgentCall),
@@ -122,7 +124,7 @@ pub(super) struct ForkJoinRun {
 pub(super) struct IterScope {
     pub(super) parent: Option<ScopeId>,
     pub(super) frame: LoopFrame,
-    pub(super) outputs: HashMap<String, Value>,
+    pub(super) outputs: HashMap<String, Arc<Value>>,
 }
 
 /// Why `Start` is boxed: every run keeps a queue of actions for as long as it lives, sized for
@@ -166,24 +168,23 @@ pub(super) fn loop_outcome(step_id: &str, run: &mut LoopRun) -> StepResult {
             let reason = format!("Loop completed with {} errors: {}", run.errors.len(), listed.join("; "));
             Err(step_failed(step_id, "loop", reason))
         }
-        OnError::Continue => Ok(json!({
+        OnError::Continue => Ok(Arc::new(json!({
             "iterations": std::mem::take(&mut run.results),
             "total_count": total,
             "failed_count": run.errors.len(),
-        })),
-        _ => Ok(json!({"iterations": std::mem::take(&mut run.results), "total_count": total})),
+        }))),
+        _ => Ok(Arc::new(json!({"iterations": std::mem::take(&mut run.results), "total_count": total}))),
     }
 }
 
 pub(super) fn fork_join_outcome(step_id: &str, run: &mut ForkJoinRun) -> StepResult {
     let succeeded = run.outcomes.values().filter(|o| o.is_ok()).count();
     if run.policy.is_met(succeeded, run.branches) {
-        let outputs: Map<String, Value> = run
-            .outcomes
-            .iter_mut()
-            .map(|(name, o)| (name.clone(), o.as_mut().map(std::mem::take).unwrap_or(Value::Null)))
+        let outputs: Map<String, Value> = std::mem::take(&mut run.outcomes)
+            .into_iter()
+            .map(|(name, o)| (name, o.map(Arc::unwrap_or_clone).unwrap_or(Value::Null)))
             .collect();
-        return Ok(Value::Object(outputs));
+        return Ok(Arc::new(Value::Object(outputs)));
     }
     let failures: Vec<String> =
         run.outcomes.iter().filter_map(|(name, o)| o.as_ref().err().map(|e| format!("{name}: {e}"))).collect();

@@ -36,7 +36,7 @@ impl RunState {
                 self.queue.push_back(action);
             }
             None => {
-                let output = std::mem::take(last);
+                let output = last.take().unwrap_or_else(|| Arc::new(Value::Null));
                 self.queue.push_back(Action::Finish(id, Ok(output)));
             }
         }
@@ -130,7 +130,9 @@ impl RunState {
                 );
                 match branch {
                     Some(branch) => self.queue.push_back(Action::start(id, branch, child_ctx)),
-                    None => self.queue.push_back(Action::Finish(id, Ok(conditional_output(result, None, Value::Null)))),
+                    None => self
+                        .queue
+                        .push_back(Action::Finish(id, Ok(Arc::new(conditional_output(result, None, Value::Null))))),
                 }
             }
             StepKind::Loop(spec) => {
@@ -160,7 +162,7 @@ impl RunState {
                 };
                 let id = self.add_exec(Some(parent), step_id, ctx, ExecKind::Loop(run));
                 if count == 0 {
-                    self.queue.push_back(Action::Finish(id, Ok(json!({"iterations": [], "total_count": 0}))));
+                    self.queue.push_back(Action::Finish(id, Ok(Arc::new(json!({"iterations": [], "total_count": 0})))));
                 } else {
                     self.start_iterations(id);
                 }
@@ -185,7 +187,7 @@ impl RunState {
                         Some(id),
                         branch.name.clone(),
                         branch_ctx,
-                        ExecKind::Sequence { steps: branch.steps.clone(), next: 0, last: Value::Null, deadline },
+                        ExecKind::Sequence { steps: branch.steps.clone(), next: 0, last: None, deadline },
                     );
                     if let Some(deadline) = deadline {
                         myself.send_after(deadline, move || RunMsg::BranchTimeout(seq));
@@ -247,7 +249,7 @@ impl RunState {
                 Some(id),
                 loop_step,
                 ctx,
-                ExecKind::Sequence { steps: body, next: 0, last: Value::Null, deadline: None },
+                ExecKind::Sequence { steps: body, next: 0, last: None, deadline: None },
             );
             if let ExecKind::Loop(run) = &mut self.execs[id].kind {
                 run.iterations.insert(seq, index);
@@ -271,14 +273,14 @@ impl RunState {
         let (step_id, scope, parent) = (exec.step_id.clone(), exec.ctx.scope, exec.parent);
         if let (true, Ok(output)) = (records_output, &result) {
             match scope {
-                Some(scope) => self.scopes[scope].outputs.insert(step_id, output.clone()),
-                None => self.outputs.insert(step_id, output.clone()),
+                Some(scope) => self.scopes[scope].outputs.insert(step_id, Arc::clone(output)),
+                None => self.outputs.insert(step_id, Arc::clone(output)),
             };
         }
         match parent {
             None => {
                 let (status, output, error) = match result {
-                    Ok(output) => (RunStatus::Completed, Some(output), None),
+                    Ok(output) => (RunStatus::Completed, Some(Arc::unwrap_or_clone(output)), None),
                     Err(error) => (RunStatus::Failed, None, Some(error)),
                 };
                 self.conclude(myself, status, output, error, None).await
@@ -310,7 +312,7 @@ impl RunState {
         let then = match &mut self.execs[parent].kind {
             ExecKind::Sequence { last, .. } => match result {
                 Ok(output) => {
-                    *last = output;
+                    *last = Some(output);
                     Then::Advance
                 }
                 Err(error) => Then::Finish(Err(error)),
@@ -320,14 +322,14 @@ impl RunState {
                 *remaining -= 1;
                 match result {
                     Ok(output) => {
-                        outputs.insert(child_step, output);
+                        outputs.insert(child_step, Arc::unwrap_or_clone(output));
                     }
                     Err(error) => failed.push((child_step, error)),
                 }
                 if *remaining > 0 {
                     Then::StartMember
                 } else if failed.is_empty() {
-                    Then::Finish(Ok(Value::Object(std::mem::take(outputs))))
+                    Then::Finish(Ok(Arc::new(Value::Object(std::mem::take(outputs)))))
                 } else {
                     let ids: Vec<&str> = failed.iter().map(|(id, _)| id.as_str()).collect();
                     let errors: Vec<&str> = failed.iter().map(|(_, error)| error.as_str()).collect();
@@ -341,14 +343,16 @@ impl RunState {
                 }
             }
             ExecKind::Conditional { result: condition_result, branch } => Then::Finish(match result {
-                Ok(output) => Ok(conditional_output(*condition_result, branch.clone(), output)),
+                Ok(output) => {
+                    Ok(Arc::new(conditional_output(*condition_result, branch.clone(), Arc::unwrap_or_clone(output))))
+                }
                 Err(error) => Err(step_failed(&parent_step, "conditional", error)),
             }),
             ExecKind::Loop(run) => {
                 let index = run.iterations[&child];
                 run.running -= 1;
                 match result {
-                    Ok(output) => run.results[index] = output,
+                    Ok(output) => run.results[index] = Arc::unwrap_or_clone(output),
                     Err(error) => {
                         run.errors.push((index, error));
                         run.halted |= run.on_error == OnError::Stop;
