@@ -103,13 +103,85 @@ impl Request {
     }
 }
 
-/// Decodes a message from the requests or cancellation topic.
-pub fn decode_request(bytes: &[u8], max_bytes: usize) -> Result<Request, DecodeError> {
+/// Plan documents already decoded, by their JSON text.
+///
+/// Why: the requests of one workflow carry the same `workflow_plan` text, and decoding it into a
+/// `Value` (an allocation per node) was the largest part of taking a request in. A request whose
+/// plan text was seen before shares that document (`Arc`) instead: nothing is parsed or copied,
+/// the runs in flight hold one plan between them, and the validated-plan cache
+/// (`plan::cache`) finds it by address without hashing it again. Texts are compared in full on a
+/// hit, so a hash collision cannot swap plans.
+#[derive(Default)]
+pub struct PlanTexts {
+    entries: std::collections::HashMap<u64, (Box<str>, std::sync::Arc<Value>)>,
+    text_bytes: usize,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl std::fmt::Debug for PlanTexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlanTexts").field("plans", &self.entries.len()).finish_non_exhaustive()
+    }
+}
+
+impl PlanTexts {
+    /// Plans kept at most, and the most text kept; when either is exceeded the map starts over
+    /// (the workflows in use come back at once), so a stream of one-off plans costs a bounded
+    /// amount of memory.
+    const MAX_PLANS: usize = 256;
+    const MAX_TEXT_BYTES: usize = 16 << 20;
+
+    /// The document `text` (already checked to be JSON) holds: the one decoded before, or new.
+    fn document(&mut self, text: &serde_json::value::RawValue) -> Result<std::sync::Arc<Value>, DecodeError> {
+        use std::hash::BuildHasher;
+        let text = text.get();
+        let key = self.hasher.hash_one(text);
+        if let Some((kept, document)) = self.entries.get(&key)
+            && **kept == *text
+        {
+            return Ok(std::sync::Arc::clone(document));
+        }
+        let document: std::sync::Arc<Value> =
+            serde_json::from_str::<Value>(text).map_err(|e| DecodeError::NotJson(e.to_string()))?.into();
+        if self.entries.len() >= Self::MAX_PLANS || self.text_bytes + text.len() > Self::MAX_TEXT_BYTES {
+            self.entries.clear();
+            self.text_bytes = 0;
+        }
+        if text.len() <= Self::MAX_TEXT_BYTES {
+            self.text_bytes += text.len();
+            if let Some((replaced, _)) = self.entries.insert(key, (text.into(), std::sync::Arc::clone(&document))) {
+                self.text_bytes -= replaced.len();
+            }
+        }
+        Ok(document)
+    }
+}
+
+/// Decodes a message from the requests or cancellation topic; an inline plan seen before in
+/// `plans` is shared, not decoded again.
+pub fn decode_request(bytes: &[u8], max_bytes: usize, plans: &mut PlanTexts) -> Result<Request, DecodeError> {
+    use serde_json::value::RawValue;
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: max_bytes });
     }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-    let Value::Object(mut fields) = value else { return Err(DecodeError::NotAnObject(type_name(&value))) };
+    // The top level field by field, each left as text: the plan is decoded (or found) on its own.
+    let mut raw: std::collections::BTreeMap<String, &RawValue> = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        // Not an object, or not JSON: decoded whole, the error says which, as it always has.
+        Err(not_an_object) => {
+            return Err(match serde_json::from_slice::<Value>(bytes) {
+                Err(e) => DecodeError::NotJson(e.to_string()),
+                Ok(Value::Object(_)) => DecodeError::NotJson(not_an_object.to_string()),
+                Ok(value) => DecodeError::NotAnObject(type_name(&value)),
+            });
+        }
+    };
+    let plan_text = raw.remove("workflow_plan").filter(|text| text.get().trim() != "null");
+    let mut fields = Map::new();
+    for (key, text) in raw {
+        let value = serde_json::from_str(text.get()).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+        fields.insert(key, value);
+    }
     let run_id = match fields.get("run_id") {
         None | Some(Value::Null) => return Err(DecodeError::MissingRunId),
         Some(Value::String(id)) if id.trim().is_empty() => return Err(DecodeError::BadRunId("is empty".into())),
@@ -120,8 +192,7 @@ pub fn decode_request(bytes: &[u8], max_bytes: usize) -> Result<Request, DecodeE
         Some(other) => return Err(DecodeError::BadRunId(format!("must be a string, found {}", type_name(other)))),
     };
     let text = |fields: &Map<String, Value>, key: &str| fields.get(key).and_then(Value::as_str).map(str::to_string);
-    let has_plan = fields.get("workflow_plan").is_some_and(|p| !p.is_null())
-        || fields.get("workflow_definition_id").is_some_and(|p| !p.is_null());
+    let has_plan = plan_text.is_some() || fields.get("workflow_definition_id").is_some_and(|p| !p.is_null());
     let message_type = text(&fields, "message_type");
     let is_cancel = message_type.as_deref() == Some(CANCELLATION_REQUEST)
         || (!has_plan && (fields.contains_key("cancelled_by") || fields.contains_key("reason")));
@@ -143,8 +214,8 @@ pub fn decode_request(bytes: &[u8], max_bytes: usize) -> Result<Request, DecodeE
         },
         Some(other) => return rejected(format!("workflow_definition_id must be a string, found {}", type_name(other))),
     };
-    let plan = match (fields.remove("workflow_plan"), definition_id) {
-        (Some(plan), _) if !plan.is_null() => PlanSource::Inline(plan.into()),
+    let plan = match (plan_text, definition_id) {
+        (Some(text), _) => PlanSource::Inline(plans.document(text)?),
         (_, Some(id)) => PlanSource::Definition(id),
         _ => return rejected("the request has neither workflow_plan nor workflow_definition_id".into()),
     };
@@ -239,7 +310,7 @@ mod tests {
     use serde_json::json;
 
     fn decode(value: Value) -> Result<Request, DecodeError> {
-        decode_request(value.to_string().as_bytes(), 1 << 20)
+        decode_request(value.to_string().as_bytes(), 1 << 20, &mut PlanTexts::default())
     }
 
     #[test]
@@ -284,7 +355,7 @@ mod tests {
     #[test]
     fn undecodable_messages_are_for_the_dlq() {
         assert_eq!(
-            decode_request(b"\xff\xfe", 100),
+            decode_request(b"\xff\xfe", 100, &mut PlanTexts::default()),
             Err(DecodeError::NotJson("expected value at line 1 column 1".into()))
         );
         assert_eq!(decode(json!([1])), Err(DecodeError::NotAnObject("an array")));
@@ -292,7 +363,10 @@ mod tests {
         assert_eq!(decode(json!({"run_id": ""})), Err(DecodeError::BadRunId("is empty".into())));
         assert_eq!(decode(json!({"run_id": 7})), Err(DecodeError::BadRunId("must be a string, found a number".into())));
         assert!(matches!(decode(json!({"run_id": "x".repeat(256)})), Err(DecodeError::BadRunId(_))));
-        assert_eq!(decode_request(&[b' '; 101], 100), Err(DecodeError::TooLarge { size: 101, max: 100 }));
+        assert_eq!(
+            decode_request(&[b' '; 101], 100, &mut PlanTexts::default()),
+            Err(DecodeError::TooLarge { size: 101, max: 100 })
+        );
     }
 
     #[test]
@@ -313,10 +387,45 @@ mod tests {
     }
 
     #[test]
+    fn requests_with_the_same_plan_text_share_one_document() {
+        let mut plans = PlanTexts::default();
+        let mut plan_of = |text: &str| {
+            let bytes = format!(r#"{{"run_id": "r", "workflow_plan": {text}, "input_data": {{"a": 1}}}}"#);
+            match decode_request(bytes.as_bytes(), 1 << 20, &mut plans).unwrap() {
+                Request::Execute(request) => match request.plan {
+                    PlanSource::Inline(document) => document,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            }
+        };
+        let first = plan_of(r#"{"name": "p", "steps": {"a": {"id": "a"}}}"#);
+        let again = plan_of(r#"{"name": "p", "steps": {"a": {"id": "a"}}}"#);
+        assert!(std::sync::Arc::ptr_eq(&first, &again));
+        assert_eq!(*first, json!({"name": "p", "steps": {"a": {"id": "a"}}}));
+        // Other text is decoded on its own, even when it means the same document.
+        let spaced = plan_of(r#"{ "name": "p", "steps": {"a": {"id": "a"}} }"#);
+        assert!(!std::sync::Arc::ptr_eq(&first, &spaced));
+        assert_eq!(spaced, first);
+        let other = plan_of(r#"{"name": "q"}"#);
+        assert_eq!(*other, json!({"name": "q"}));
+        // A stream of distinct plans keeps a bounded number of them.
+        for i in 0..PlanTexts::MAX_PLANS + 10 {
+            assert_eq!(*plan_of(&format!(r#"{{"name": "p{i}"}}"#)), json!({"name": format!("p{i}")}));
+        }
+        assert!(plans.entries.len() <= PlanTexts::MAX_PLANS);
+        // A null plan is no plan.
+        let bytes = br#"{"run_id": "r", "workflow_plan": null}"#;
+        assert!(matches!(decode_request(bytes, 1 << 20, &mut plans).unwrap(), Request::Rejected { .. }));
+    }
+
+    #[test]
     fn produced_requests_decode() {
         let message = ExecutionRequestMessage::inline("r9", json!({"name": "p"}), json!({"a": 1}));
         let bytes = serde_json::to_vec(&message).unwrap();
-        let Request::Execute(request) = decode_request(&bytes, 1 << 20).unwrap() else { panic!() };
+        let Request::Execute(request) = decode_request(&bytes, 1 << 20, &mut PlanTexts::default()).unwrap() else {
+            panic!()
+        };
         assert_eq!(request.run_id, "r9");
         assert_eq!(request.timestamp.as_deref(), Some(message.timestamp.as_str()));
     }

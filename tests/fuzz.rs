@@ -22,7 +22,7 @@ use proptest::test_runner::{Config as RunnerConfig, TestRunner};
 use runvisor::config::{Config, DEFAULT_TOML};
 use runvisor::plan::expr::{LoopFrame, StaticScope};
 use runvisor::plan::{AgentCatalog, condition, mapping, validate};
-use runvisor::wire::decode_request;
+use runvisor::wire::{PlanTexts, decode_request};
 use serde_json::{Map, Value, json};
 
 /// The slowest a single input may take before it counts as a hang (debug build, loaded machine:
@@ -257,7 +257,7 @@ fn request_decoding() {
     let shaped = json_from(REQUEST_WORDS).prop_map(|value| serde_json::to_vec(&value).unwrap());
     let noise = prop::collection::vec(any::<u8>(), 0..256);
     fuzz("request decoding", prop_oneof![3 => shaped, 1 => noise], |bytes| {
-        if let Err(error) = decode_request(&bytes, 64 * 1024) {
+        if let Err(error) = decode_request(&bytes, 64 * 1024, &mut PlanTexts::default()) {
             prop_assert!(!error.to_string().is_empty());
         }
         Ok(())

@@ -38,7 +38,7 @@ use crate::actors::run::{Disposition, RunOutcome, RunRequest};
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::observability::metrics as names;
-use crate::wire::{PlanSource, Request, decode_request};
+use crate::wire::{PlanSource, PlanTexts, Request, decode_request};
 
 /// A partition: (topic, partition).
 type PartitionKey = (String, i32);
@@ -175,6 +175,8 @@ pub struct IngressState {
     runs_in_flight: usize,
     paused: bool,
     draining: Option<RpcReplyPort<()>>,
+    /// Inline plans decoded so far, so that the requests of one workflow share one document.
+    plans: PlanTexts,
 }
 
 impl std::fmt::Debug for IngressState {
@@ -204,6 +206,7 @@ impl Actor for IngressActor {
             runs_in_flight: 0,
             paused: false,
             draining: None,
+            plans: PlanTexts::default(),
         })
     }
 
@@ -298,7 +301,7 @@ impl IngressState {
     fn accept(&mut self, myself: &ActorRef<IngressMsg>, record: Record, generation: u64) {
         let max_bytes = self.args.config.kafka.max_message_bytes;
         let key = (record.topic.clone(), record.partition);
-        match decode_request(&record.payload, max_bytes) {
+        match decode_request(&record.payload, max_bytes, &mut self.plans) {
             Err(reason) => {
                 tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "request rejected to the dead-letter topic");
                 let producer = self.args.producer.clone();

@@ -26,9 +26,37 @@ struct Entry<R> {
     plan: Arc<Plan>,
 }
 
+/// The entries by fingerprint, and the fingerprint of each kept document by its address.
+///
+/// Why the addresses: the requests of one workflow usually share one document already (the
+/// ingress decodes a plan text once, `wire::PlanTexts`; stored definitions are shared), and
+/// hashing the whole document again for each run cost 2 % of the engine benchmark's instructions.
+/// An address is only trusted while its entry holds that very document (`Arc::ptr_eq`): a freed
+/// document's address reused by another allocation misses and takes the fingerprint path.
+struct Entries<R> {
+    by_fingerprint: HashMap<u64, Entry<R>>,
+    by_address: HashMap<usize, u64>,
+}
+
+impl<R> Default for Entries<R> {
+    fn default() -> Self {
+        Self { by_fingerprint: HashMap::new(), by_address: HashMap::new() }
+    }
+}
+
+impl<R> Entries<R> {
+    /// The plan kept for `document` itself (the same allocation) and `registry`.
+    fn same_document(&self, document: &Arc<Value>, registry: &Arc<R>) -> Option<Arc<Plan>> {
+        let key = self.by_address.get(&(Arc::as_ptr(document) as usize))?;
+        let entry = self.by_fingerprint.get(key)?;
+        (Arc::ptr_eq(&entry.document, document) && Arc::ptr_eq(&entry.registry, registry))
+            .then(|| Arc::clone(&entry.plan))
+    }
+}
+
 /// Validated plans by document and registry snapshot (`R` is the registry's type).
 pub struct PlanCache<R> {
-    entries: Mutex<HashMap<u64, Entry<R>>>,
+    entries: Mutex<Entries<R>>,
     /// Seeds the documents' fingerprints. Why foldhash and not the standard SipHash: every run
     /// fingerprints its whole document, which made SipHash 4.5 % of the engine benchmark's
     /// instructions; a collision costs only a miss (entries are compared in full), so the hash
@@ -52,24 +80,31 @@ impl<R> Default for PlanCache<R> {
 impl<R: AgentCatalog> PlanCache<R> {
     /// The plan of `document` as validated against `registry`: from the cache, or validated now.
     pub fn validate(&self, document: &Arc<Value>, registry: &Arc<R>) -> Result<Arc<Plan>, InvalidPlan> {
+        if let Some(plan) = self.lock().same_document(document, registry) {
+            return Ok(plan);
+        }
         let key = fingerprint(document, self.hasher.build_hasher());
-        if let Some(entry) = self.lock().get(&key)
+        if let Some(entry) = self.lock().by_fingerprint.get(&key)
             && Arc::ptr_eq(&entry.registry, registry)
-            && (Arc::ptr_eq(&entry.document, document) || *entry.document == **document)
+            && *entry.document == **document
         {
             return Ok(Arc::clone(&entry.plan));
         }
         let plan = Arc::new(validate(document, registry.as_ref())?);
         let mut entries = self.lock();
-        if entries.len() >= CAPACITY {
-            entries.clear();
+        if entries.by_fingerprint.len() >= CAPACITY {
+            entries.by_fingerprint.clear();
+            entries.by_address.clear();
         }
         let entry = Entry { document: Arc::clone(document), registry: Arc::clone(registry), plan: Arc::clone(&plan) };
-        entries.insert(key, entry);
+        if let Some(replaced) = entries.by_fingerprint.insert(key, entry) {
+            entries.by_address.remove(&(Arc::as_ptr(&replaced.document) as usize));
+        }
+        entries.by_address.insert(Arc::as_ptr(document) as usize, key);
         Ok(plan)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry<R>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries<R>> {
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -143,6 +178,24 @@ mod tests {
         assert!(error.to_string().contains("echo"), "{error}");
         let changed = cache.validate(&document("other"), &new).unwrap();
         assert!(!Arc::ptr_eq(&first, &changed));
+    }
+
+    #[test]
+    fn a_shared_document_is_found_by_address_only_with_its_own_registry() {
+        let cache = PlanCache::default();
+        let shared = document("echo");
+        let echo = Arc::new(Knows("echo"));
+        let first = cache.validate(&shared, &echo).unwrap();
+        assert!(cache.lock().same_document(&shared, &echo).is_some());
+        assert!(Arc::ptr_eq(&first, &cache.validate(&shared, &echo).unwrap()));
+        // The same allocation against another registry snapshot is checked again, and fails.
+        let other = Arc::new(Knows("other"));
+        assert!(cache.lock().same_document(&shared, &other).is_none());
+        assert!(cache.validate(&shared, &other).is_err());
+        // An equal document elsewhere is a hit by content, not by address.
+        let copy = document("echo");
+        assert!(cache.lock().same_document(&copy, &echo).is_none());
+        assert!(Arc::ptr_eq(&first, &cache.validate(&copy, &echo).unwrap()));
     }
 
     #[test]
