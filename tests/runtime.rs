@@ -304,6 +304,57 @@ async fn orphaned_runs_resume_from_what_they_stored_or_fail_saying_why_and_live_
     }
 }
 
+/// A claim writes the run's first attempt in its transaction. If that transaction commits, its
+/// acknowledgement is lost and the run is cancelled before the claim is committed again, the
+/// replayed claim finds the run ended — and the first attempt RUNNING, as the first commit left
+/// it. The executor must not leave that attempt RUNNING under an ended run.
+#[tokio::test]
+async fn a_run_that_ended_between_two_commits_of_its_claim_keeps_no_attempt_running() {
+    let one_step = plan("a", json!({"a": {"agent_name": "echo", "input_mapping": {"x": "${workflow.input.x}"}}}));
+    for db in TestDb::each().await {
+        let db = db.migrated().await;
+        let backend = db.backend();
+        let test = db.executor(&test_config()).await;
+        // What the first commit of this executor's claim wrote, then the API's cancellation.
+        let now = chrono::Utc::now().naive_utc();
+        let mut run =
+            stranded_run("cut-off", RunStatus::Cancelled, Some(one_step.clone()), None, chrono::TimeDelta::zero());
+        run.owner_id = Set(Some(test.executor.owner().to_string()));
+        run.error_message = Set(Some("Cancelled: by a user".into()));
+        run.insert(&db.db).await.unwrap();
+        let first_attempt = runvisor::actors::run::attempt_row_id("cut-off", "", "a", 1);
+        entity::step_execution::ActiveModel {
+            id: Set(first_attempt.clone()),
+            run_id: Set("cut-off".into()),
+            step_id: Set("a".into()),
+            step_name: Set("echo".into()),
+            agent_name: Set("echo".into()),
+            status: Set(StepStatus::Running),
+            input_data: Set(json!({"x": 7})),
+            started_at: Set(now),
+            attempt: Set(1),
+            retry_round: Set(0),
+            ..Default::default()
+        }
+        .insert(&db.db)
+        .await
+        .unwrap();
+
+        let outcome = test.executor.run(request("cut-off", one_step.clone(), json!({"x": 7}))).await.unwrap();
+        assert_eq!(outcome.disposition, runvisor::actors::run::Disposition::AlreadyTerminal, "{backend:?}");
+        assert_eq!(outcome.status, RunStatus::Cancelled, "{backend:?}");
+        // The attempt's end is queued without waiting; everything queued before this is committed.
+        test.executor.persistence().flush().await.unwrap();
+        let (run, steps) = test.executor.persistence().load_run("cut-off").await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled, "{backend:?}: the run stays as the cancellation left it");
+        assert_eq!(steps.len(), 1, "{backend:?}: nothing was called: {steps:?}");
+        assert_eq!(steps[0].id, first_attempt);
+        assert_eq!(steps[0].status, StepStatus::Cancelled, "{backend:?}");
+        assert_eq!(steps[0].error_message.as_deref(), Some("the run had ended before this call started"));
+        assert!(steps[0].completed_at.is_some(), "{backend:?}");
+    }
+}
+
 /// A zombie: an executor whose run was claimed by another (its lease ran out while it could not
 /// reach the database) gets none of its later writes in, and stops its copy at the first.
 #[tokio::test]
