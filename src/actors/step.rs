@@ -39,14 +39,17 @@ impl Actor for StepActor {
     type State = StepState;
     type Arguments = StepArgs;
 
-    async fn pre_start(&self, myself: ActorRef<()>, args: StepArgs) -> Result<StepState, ActorProcessingErr> {
-        // The call runs in `handle`, after `spawn_linked` has returned to the RunActor, so the
-        // RunActor has recorded this actor before any exit event of it can exist.
-        myself.cast(())?;
+    async fn pre_start(&self, _: ActorRef<()>, args: StepArgs) -> Result<StepState, ActorProcessingErr> {
         Ok(StepState { args, result: None })
     }
 
-    async fn handle(&self, myself: ActorRef<()>, _: (), state: &mut StepState) -> Result<(), ActorProcessingErr> {
+    /// The call. Why here and not in a message handler: `post_start` runs in the actor's own task
+    /// once `spawn_linked` has handed the actor to the RunActor, with the same supervision as a
+    /// handler (a panic is `ActorFailed`, a kill ends it as killed), so the message that used to
+    /// start the call (its allocation, its trip through the mailbox) bought nothing. The RunActor
+    /// records this actor before it handles any exit event of it: exits reach it as messages,
+    /// after the handler that spawned the actor has returned.
+    async fn post_start(&self, myself: ActorRef<()>, state: &mut StepState) -> Result<(), ActorProcessingErr> {
         let args = &state.args;
         let context = &args.context;
         let span = tracing::info_span!("attempt", run_id = %context.run_id, step_id = %context.step_id, attempt = context.attempt);
