@@ -67,10 +67,16 @@ impl RunState {
             self.check_unconfirmed()?;
         }
 
-        let idempotency_key = match ctx.loop_index {
-            Some(index) => format!("{}/{step_id}/{index}", self.run_id),
-            None => format!("{}/{step_id}", self.run_id),
-        };
+        // `{run_id}/{step_id}`, and `/{index}` inside a loop: built by hand for the reason
+        // `attempt_row_id` gives.
+        let mut idempotency_key = String::with_capacity(self.run_id.len() + step_id.len() + 12);
+        idempotency_key.push_str(&self.run_id);
+        idempotency_key.push('/');
+        idempotency_key.push_str(&step_id);
+        if let Some(index) = ctx.loop_index {
+            idempotency_key.push('/');
+            idempotency_key.push_str(itoa::Buffer::new().format(index));
+        }
         let context = CallContext {
             run_id: self.run_id.clone(),
             step_id: step_id.clone(),
