@@ -32,7 +32,7 @@
 //!
 //! The path of a request through an executor: a poll loop hands bytes on
 //! `workflow.execution.requests` to the ingress actor ([`kafka::ingress`]) → [`wire`] decodes them
-//! (undecodable ones go to the dead-letter topic) → the run supervisor starts a RunActor, which
+//! (undecodable ones go to the dead-letter topic; a plan text seen before is shared, not decoded again) → the run supervisor starts a RunActor, which
 //! checks the plan ([`plan::validate()`]) and claims the run in the database (a new run by one
 //! insert batched with other writes, with its first call's attempt row in the same transaction; a
 //! terminal run is left alone, a live one elsewhere is waited for, a dead executor's is resumed; a
