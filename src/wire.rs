@@ -110,7 +110,8 @@ impl Request {
 /// plan text was seen before shares that document (`Arc`) instead: nothing is parsed or copied,
 /// the runs in flight hold one plan between them, and the validated-plan cache
 /// (`plan::cache`) finds it by address without hashing it again. Texts are compared in full on a
-/// hit, so a hash collision cannot swap plans.
+/// hit, so a hash collision cannot swap plans. Documents are kept whether or not their plans turn
+/// out valid (that is decided later, per run); the bounds below hold either way.
 #[derive(Default)]
 pub struct PlanTexts {
     entries: std::collections::HashMap<u64, (Box<str>, std::sync::Arc<Value>)>,
@@ -125,63 +126,111 @@ impl std::fmt::Debug for PlanTexts {
 }
 
 impl PlanTexts {
-    /// Plans kept at most, and the most text kept; when either is exceeded the map starts over
-    /// (the workflows in use come back at once), so a stream of one-off plans costs a bounded
-    /// amount of memory.
+    /// Plans kept at most, and the most text kept; when either would be exceeded the map starts
+    /// over (the workflows in use come back at once), so a stream of one-off plans costs bounded
+    /// memory. The bound is on text: a decoded document can be several times its text (32 bytes
+    /// per JSON value), so it is kept at 4 MiB.
     const MAX_PLANS: usize = 256;
-    const MAX_TEXT_BYTES: usize = 16 << 20;
+    const MAX_TEXT_BYTES: usize = 4 << 20;
 
-    /// The document `text` (already checked to be JSON) holds: the one decoded before, or new.
-    fn document(&mut self, text: &serde_json::value::RawValue) -> Result<std::sync::Arc<Value>, DecodeError> {
+    fn key(&self, text: &str) -> u64 {
         use std::hash::BuildHasher;
+        self.hasher.hash_one(text)
+    }
+
+    /// The document decoded before from exactly `text`.
+    fn get(&self, text: &serde_json::value::RawValue) -> Option<std::sync::Arc<Value>> {
         let text = text.get();
-        let key = self.hasher.hash_one(text);
-        if let Some((kept, document)) = self.entries.get(&key)
-            && **kept == *text
-        {
-            return Ok(std::sync::Arc::clone(document));
+        let (kept, document) = self.entries.get(&self.key(text))?;
+        (**kept == *text).then(|| std::sync::Arc::clone(document))
+    }
+
+    /// Keeps `document`, decoded from `text`, for the requests that carry the same text.
+    fn keep(&mut self, text: &serde_json::value::RawValue, document: Value) -> std::sync::Arc<Value> {
+        let (text, document) = (text.get(), std::sync::Arc::new(document));
+        if text.len() > Self::MAX_TEXT_BYTES {
+            return document;
         }
-        let document: std::sync::Arc<Value> =
-            serde_json::from_str::<Value>(text).map_err(|e| DecodeError::NotJson(e.to_string()))?.into();
         if self.entries.len() >= Self::MAX_PLANS || self.text_bytes + text.len() > Self::MAX_TEXT_BYTES {
             self.entries.clear();
             self.text_bytes = 0;
         }
-        if text.len() <= Self::MAX_TEXT_BYTES {
-            self.text_bytes += text.len();
-            if let Some((replaced, _)) = self.entries.insert(key, (text.into(), std::sync::Arc::clone(&document))) {
-                self.text_bytes -= replaced.len();
+        self.text_bytes += text.len();
+        let key = self.key(text);
+        if let Some((replaced, _)) = self.entries.insert(key, (text.into(), std::sync::Arc::clone(&document))) {
+            self.text_bytes -= replaced.len();
+        }
+        document
+    }
+}
+
+/// A request's top level as the fast path reads it: every field but `workflow_plan` decoded by the
+/// same deserializer, with the same limits and error positions, as a whole-message decode; the
+/// plan left as text. A repeated plan (which only a whole decode treats exactly as before) or
+/// serde_json's raw-value marker as a key fails it, sending the message down the whole decode.
+struct TopLevel<'a> {
+    fields: Map<String, Value>,
+    plan: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = TopLevel<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+                use serde::de::Error;
+                let mut top = TopLevel { fields: Map::new(), plan: None };
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "workflow_plan" {
+                        if top.plan.replace(map.next_value()?).is_some() {
+                            return Err(A::Error::custom("workflow_plan is repeated"));
+                        }
+                    } else if key == "$serde_json::private::RawValue" {
+                        return Err(A::Error::custom("a raw-value marker"));
+                    } else {
+                        let value = map.next_value()?;
+                        top.fields.insert(key, value);
+                    }
+                }
+                Ok(top)
             }
         }
-        Ok(document)
+        deserializer.deserialize_map(Fields)
     }
 }
 
 /// Decodes a message from the requests or cancellation topic; an inline plan seen before in
 /// `plans` is shared, not decoded again.
+///
+/// Why the outcome is always the whole decode's: a plan text is kept only after a whole message
+/// carrying it decoded, and a plan always sits directly under the top level, so the same text
+/// decodes again at the same depth; the other fields are decoded as a whole decode would. Every
+/// other case (a new plan text, any error) takes the whole decode, as before.
 pub fn decode_request(bytes: &[u8], max_bytes: usize, plans: &mut PlanTexts) -> Result<Request, DecodeError> {
-    use serde_json::value::RawValue;
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: max_bytes });
     }
-    // The top level field by field, each left as text: the plan is decoded (or found) on its own.
-    let mut raw: std::collections::BTreeMap<String, &RawValue> = match serde_json::from_slice(bytes) {
-        Ok(raw) => raw,
-        // Not an object, or not JSON: decoded whole, the error says which, as it always has.
-        Err(not_an_object) => {
-            return Err(match serde_json::from_slice::<Value>(bytes) {
-                Err(e) => DecodeError::NotJson(e.to_string()),
-                Ok(Value::Object(_)) => DecodeError::NotJson(not_an_object.to_string()),
-                Ok(value) => DecodeError::NotAnObject(type_name(&value)),
-            });
+    let fast = serde_json::from_slice::<TopLevel>(bytes);
+    let (mut fields, plan) = match fast {
+        Ok(TopLevel { fields, plan: None }) => (fields, None),
+        Ok(TopLevel { fields, plan: Some(text) }) if let Some(document) = plans.get(text) => (fields, Some(document)),
+        fast => {
+            let value: Value = serde_json::from_slice(bytes).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+            let Value::Object(mut fields) = value else { return Err(DecodeError::NotAnObject(type_name(&value))) };
+            let plan = match (fields.remove("workflow_plan"), fast) {
+                (Some(plan), Ok(TopLevel { plan: Some(text), .. })) if !plan.is_null() => Some(plans.keep(text, plan)),
+                (plan, _) => plan.map(std::sync::Arc::new),
+            };
+            (fields, plan)
         }
     };
-    let plan_text = raw.remove("workflow_plan").filter(|text| text.get().trim() != "null");
-    let mut fields = Map::new();
-    for (key, text) in raw {
-        let value = serde_json::from_str(text.get()).map_err(|e| DecodeError::NotJson(e.to_string()))?;
-        fields.insert(key, value);
-    }
+    let plan = plan.filter(|plan| !plan.is_null());
     let run_id = match fields.get("run_id") {
         None | Some(Value::Null) => return Err(DecodeError::MissingRunId),
         Some(Value::String(id)) if id.trim().is_empty() => return Err(DecodeError::BadRunId("is empty".into())),
@@ -192,7 +241,7 @@ pub fn decode_request(bytes: &[u8], max_bytes: usize, plans: &mut PlanTexts) -> 
         Some(other) => return Err(DecodeError::BadRunId(format!("must be a string, found {}", type_name(other)))),
     };
     let text = |fields: &Map<String, Value>, key: &str| fields.get(key).and_then(Value::as_str).map(str::to_string);
-    let has_plan = plan_text.is_some() || fields.get("workflow_definition_id").is_some_and(|p| !p.is_null());
+    let has_plan = plan.is_some() || fields.get("workflow_definition_id").is_some_and(|p| !p.is_null());
     let message_type = text(&fields, "message_type");
     let is_cancel = message_type.as_deref() == Some(CANCELLATION_REQUEST)
         || (!has_plan && (fields.contains_key("cancelled_by") || fields.contains_key("reason")));
@@ -214,8 +263,8 @@ pub fn decode_request(bytes: &[u8], max_bytes: usize, plans: &mut PlanTexts) -> 
         },
         Some(other) => return rejected(format!("workflow_definition_id must be a string, found {}", type_name(other))),
     };
-    let plan = match (plan_text, definition_id) {
-        (Some(text), _) => PlanSource::Inline(plans.document(text)?),
+    let plan = match (plan, definition_id) {
+        (Some(document), _) => PlanSource::Inline(document),
         (_, Some(id)) => PlanSource::Definition(id),
         _ => return rejected("the request has neither workflow_plan nor workflow_definition_id".into()),
     };
@@ -417,6 +466,44 @@ mod tests {
         // A null plan is no plan.
         let bytes = br#"{"run_id": "r", "workflow_plan": null}"#;
         assert!(matches!(decode_request(bytes, 1 << 20, &mut plans).unwrap(), Request::Rejected { .. }));
+    }
+
+    #[test]
+    fn a_known_plan_text_changes_no_outcome() {
+        let mut plans = PlanTexts::default();
+        let whole_error =
+            |bytes: &[u8]| DecodeError::NotJson(serde_json::from_slice::<Value>(bytes).unwrap_err().to_string());
+        let plan = r#"{"name": "p"}"#;
+        let known = format!(r#"{{"run_id": "r", "workflow_plan": {plan}}}"#);
+        assert!(matches!(decode_request(known.as_bytes(), 1 << 20, &mut plans), Ok(Request::Execute(_))));
+        let text = serde_json::value::RawValue::from_string(plan.into()).unwrap();
+        assert!(plans.get(&text).is_some(), "the plan's text is known now");
+        let deep = |depth: usize| format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+        for bytes in [
+            // Errors anywhere in a message whose plan text is known are the whole decode's.
+            format!(r#"{{"run_id": "r", "workflow_plan": {plan}, "input_data": {{"x": 1e400}}}}"#),
+            format!(r#"{{"run_id": "r", "workflow_plan": {plan}, "triggered_by": "\udc00"}}"#),
+            format!(r#"{{"run_id": "r", "workflow_plan": {plan}, "input_data": {}}}"#, deep(127)),
+            format!(r#"{{"run_id": "r", "workflow_plan": 1e400, "workflow_plan": {plan}}}"#),
+            r#"{"run_id": "r", "message_type": "cancellation_request", "workflow_plan": 1e400}"#.to_string(),
+            format!(r#"{{"run_id": "r", "workflow_plan": {}}}"#, deep(127)),
+            r#"{"run_id": "r", "workflow_definition_id": "nope", "workflow_plan": "\udc00"}"#.to_string(),
+            format!(r#"{{"run_id": "r", "workflow_plan": {plan}}} x"#),
+        ] {
+            let expected = whole_error(bytes.as_bytes());
+            assert_eq!(decode_request(bytes.as_bytes(), 1 << 20, &mut plans), Err(expected), "{bytes}");
+        }
+        // What decodes, decodes alike whether its plan's text is known or not.
+        for bytes in [
+            format!(r#"{{"run_id": "r", "workflow_plan": {plan}, "workflow_plan": {plan}}}"#),
+            format!(r#"{{"run_id": "r", "workflow\u005fplan": {plan}, "input_data": {{"a": {}}}}}"#, deep(125)),
+            format!(r#"{{"run_id": "x", "run_id": "r", "workflow_plan": {plan}, "reason": "why"}}"#),
+            format!(r#"{{"run_id": "r", "workflow_plan": null, "workflow_definition_id": "{}"}}"#, Uuid::nil()),
+        ] {
+            let cold = decode_request(bytes.as_bytes(), 1 << 20, &mut PlanTexts::default());
+            assert!(cold.is_ok(), "{bytes}: {cold:?}");
+            assert_eq!(decode_request(bytes.as_bytes(), 1 << 20, &mut plans), cold, "{bytes}");
+        }
     }
 
     #[test]

@@ -28,9 +28,10 @@ struct Entry<R> {
 
 /// The entries by fingerprint, and the fingerprint of each kept document by its address.
 ///
-/// Why the addresses: the requests of one workflow usually share one document already (the
-/// ingress decodes a plan text once, `wire::PlanTexts`; stored definitions are shared), and
-/// hashing the whole document again for each run cost 2 % of the engine benchmark's instructions.
+/// Why the addresses: the Kafka requests of one workflow share one document already (the ingress
+/// decodes a plan text once, `wire::PlanTexts`), and hashing the whole document again for each run
+/// cost 2 % of the engine benchmark's instructions. (A stored definition is loaded per run, so its
+/// runs take the fingerprint path.)
 /// An address is only trusted while its entry holds that very document (`Arc::ptr_eq`): a freed
 /// document's address reused by another allocation misses and takes the fingerprint path.
 struct Entries<R> {
@@ -84,11 +85,21 @@ impl<R: AgentCatalog> PlanCache<R> {
             return Ok(plan);
         }
         let key = fingerprint(document, self.hasher.build_hasher());
-        if let Some(entry) = self.lock().by_fingerprint.get(&key)
-            && Arc::ptr_eq(&entry.registry, registry)
-            && *entry.document == **document
         {
-            return Ok(Arc::clone(&entry.plan));
+            let mut entries = self.lock();
+            if let Some(entry) = entries.by_fingerprint.get_mut(&key)
+                && Arc::ptr_eq(&entry.registry, registry)
+                && *entry.document == **document
+            {
+                // An equal document in another allocation (the ingress decoded the same text
+                // again after its map started over): the entry takes it, so the runs that share
+                // it are found by address from now on.
+                let plan = Arc::clone(&entry.plan);
+                let previous = std::mem::replace(&mut entry.document, Arc::clone(document));
+                entries.by_address.remove(&(Arc::as_ptr(&previous) as usize));
+                entries.by_address.insert(Arc::as_ptr(document) as usize, key);
+                return Ok(plan);
+            }
         }
         let plan = Arc::new(validate(document, registry.as_ref())?);
         let mut entries = self.lock();
@@ -192,10 +203,14 @@ mod tests {
         let other = Arc::new(Knows("other"));
         assert!(cache.lock().same_document(&shared, &other).is_none());
         assert!(cache.validate(&shared, &other).is_err());
-        // An equal document elsewhere is a hit by content, not by address.
+        // An equal document elsewhere is a hit by content, not by address; the entry then keeps
+        // that one, and finds it by address.
         let copy = document("echo");
         assert!(cache.lock().same_document(&copy, &echo).is_none());
         assert!(Arc::ptr_eq(&first, &cache.validate(&copy, &echo).unwrap()));
+        assert!(cache.lock().same_document(&copy, &echo).is_some());
+        assert!(cache.lock().same_document(&shared, &echo).is_none());
+        assert!(Arc::ptr_eq(&first, &cache.validate(&shared, &echo).unwrap()));
     }
 
     #[test]

@@ -350,8 +350,9 @@ impl RunState {
             SupervisionEvent::ActorTerminated(cell, Some(mut exit_state), reason) => {
                 let result = match exit_state.take::<StepState>() {
                     Ok(StepState { result: Some(result), .. }) => result,
-                    // A kill while the call was under way (or just after it returned) leaves the
-                    // state without a result: say so, as the kill's reason.
+                    // Not expected: a StepActor stops itself only once its result is recorded, and
+                    // a kill during the call ends it without state (the arm below). Kept so that
+                    // such an exit is still a failed attempt that names its reason.
                     _ => Err(StepFailure::Retryable(match reason {
                         Some(reason) => format!("StepActor was {reason} before it recorded a result"),
                         None => "StepActor stopped without a result".into(),
