@@ -211,6 +211,32 @@ fn stranded_run(
     }
 }
 
+/// The first attempt of `step` (an `echo` call on the plan's main chain) as an executor recorded it.
+fn first_attempt(
+    run_id: &str,
+    step: &str,
+    status: StepStatus,
+    input: Value,
+    output: Option<Value>,
+    started_at: chrono::NaiveDateTime,
+) -> entity::step_execution::ActiveModel {
+    entity::step_execution::ActiveModel {
+        id: Set(runvisor::actors::run::attempt_row_id(run_id, "", step, 1)),
+        run_id: Set(run_id.into()),
+        step_id: Set(step.into()),
+        step_name: Set("echo".into()),
+        agent_name: Set("echo".into()),
+        status: Set(status),
+        input_data: Set(input),
+        output_data: Set(output),
+        started_at: Set(started_at),
+        completed_at: Set(status.is_terminal().then_some(started_at)),
+        attempt: Set(1),
+        retry_round: Set(0),
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn orphaned_runs_resume_from_what_they_stored_or_fail_saying_why_and_live_ones_are_left_alone() {
     let two_steps = plan(
@@ -241,27 +267,11 @@ async fn orphaned_runs_resume_from_what_they_stored_or_fail_saying_why_and_live_
         .unwrap();
         // Killed after step a completed and while b was being called.
         stranded_run("killed", RunStatus::Running, Some(two_steps.clone()), None, hour).insert(&db.db).await.unwrap();
-        for (step, status, output) in
-            [("a", StepStatus::Completed, Some(json!({"x": 7}))), ("b", StepStatus::Running, None)]
-        {
-            entity::step_execution::ActiveModel {
-                id: Set(runvisor::actors::run::attempt_row_id("killed", "", step, 1)),
-                run_id: Set("killed".into()),
-                step_id: Set(step.into()),
-                step_name: Set("echo".into()),
-                agent_name: Set("echo".into()),
-                status: Set(status),
-                input_data: Set(if step == "a" { json!({"x": 7}) } else { json!({"y": 7}) }),
-                output_data: Set(output),
-                started_at: Set(now - hour),
-                completed_at: Set((status == StepStatus::Completed).then_some(now - hour)),
-                attempt: Set(1),
-                retry_round: Set(0),
-                ..Default::default()
-            }
-            .insert(&db.db)
-            .await
-            .unwrap();
+        for (step, status, input, output) in [
+            ("a", StepStatus::Completed, json!({"x": 7}), Some(json!({"x": 7}))),
+            ("b", StepStatus::Running, json!({"y": 7}), None),
+        ] {
+            first_attempt("killed", step, status, input, output, now - hour).insert(&db.db).await.unwrap();
         }
         // Inserted by an API whose request never reached a broker.
         stranded_run("unpublished", RunStatus::Pending, None, Some(definition), hour).insert(&db.db).await.unwrap();
@@ -322,23 +332,9 @@ async fn a_run_that_ended_between_two_commits_of_its_claim_keeps_no_attempt_runn
         run.owner_id = Set(Some(test.executor.owner().to_string()));
         run.error_message = Set(Some("Cancelled: by a user".into()));
         run.insert(&db.db).await.unwrap();
-        let first_attempt = runvisor::actors::run::attempt_row_id("cut-off", "", "a", 1);
-        entity::step_execution::ActiveModel {
-            id: Set(first_attempt.clone()),
-            run_id: Set("cut-off".into()),
-            step_id: Set("a".into()),
-            step_name: Set("echo".into()),
-            agent_name: Set("echo".into()),
-            status: Set(StepStatus::Running),
-            input_data: Set(json!({"x": 7})),
-            started_at: Set(now),
-            attempt: Set(1),
-            retry_round: Set(0),
-            ..Default::default()
-        }
-        .insert(&db.db)
-        .await
-        .unwrap();
+        let row = first_attempt("cut-off", "a", StepStatus::Running, json!({"x": 7}), None, now);
+        let first_attempt = row.id.clone().unwrap();
+        row.insert(&db.db).await.unwrap();
 
         let outcome = test.executor.run(request("cut-off", one_step.clone(), json!({"x": 7}))).await.unwrap();
         assert_eq!(outcome.disposition, runvisor::actors::run::Disposition::AlreadyTerminal, "{backend:?}");

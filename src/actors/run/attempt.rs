@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::tree::{Action, AgentCall, ExecKind, step_failed};
 use super::{ExecId, RunMsg, RunState, Spawned};
-use crate::actors::persistence::{AttemptEnd, PersistError, WriteOp, settled};
+use crate::actors::persistence::{PersistError, WriteOp, settled};
 use crate::actors::step::{StepActor, StepArgs};
 use crate::agents::{CallContext, StepFailure};
 use crate::observability::metrics as names;
@@ -121,15 +121,7 @@ impl RunState {
             Ok(output) => (StepStatus::Completed, Some(Arc::clone(output)), None),
             Err(failure) => (StepStatus::Failed, None, Some(failure.message().to_string())),
         };
-        let end = AttemptEnd {
-            id: call.row_id.clone(),
-            run_id: self.run_id.clone(),
-            owner: self.deps.owner.clone(),
-            status,
-            output,
-            error: error.clone(),
-            at: Self::now(),
-        };
+        let row_id = call.row_id.clone();
         record_attempt(call, status);
         // Counted against the policy: the attempts since the run was last retried.
         let attempt = call.attempt - call.before_retry;
@@ -139,6 +131,7 @@ impl RunState {
             Err(failure) if failure.is_retryable() && attempt < max_attempts => call.delays.next(),
             _ => None,
         };
+        let end = self.attempt_end(row_id, status, output, error.clone());
         let event = self.attempt_event(id, status, error);
         let deferred = self.deps.persistence.write_deferred(WriteOp::AttemptEnded(Box::new(end)), Some(event));
         self.unconfirmed.push(deferred);
@@ -178,15 +171,8 @@ impl RunState {
             self.by_actor.remove(&actor.get_id());
             actor.kill();
             record_attempt(call, StepStatus::Cancelled);
-            let end = AttemptEnd {
-                id: call.row_id.clone(),
-                run_id: self.run_id.clone(),
-                owner: self.deps.owner.clone(),
-                status: StepStatus::Cancelled,
-                output: None,
-                error: Some(reason.to_string()),
-                at: Self::now(),
-            };
+            let row_id = call.row_id.clone();
+            let end = self.attempt_end(row_id, StepStatus::Cancelled, None, Some(reason.to_string()));
             let event = self.attempt_event(id, StepStatus::Cancelled, Some(reason.to_string()));
             self.deps.persistence.write_and_report(WriteOp::AttemptEnded(Box::new(end)), event).await?;
         }
